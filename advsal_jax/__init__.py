@@ -1,0 +1,20 @@
+"""advsal_jax: saliency maps under adversarial attack, in JAX/Flax."""
+
+__version__ = '0.1.0'
+
+from advsal_jax import checkpoints
+from advsal_jax import data
+from advsal_jax import models
+from advsal_jax import training
+from advsal_jax.types import ApplyFn, Params, PRNGKey
+
+__all__ = [
+    'ApplyFn',
+    'Params',
+    'PRNGKey',
+    '__version__',
+    'checkpoints',
+    'data',
+    'models',
+    'training',
+]

@@ -1,0 +1,15 @@
+"""Import smoke test: the public API of every package is importable and listed in __all__."""
+
+import importlib
+
+import pytest
+
+PACKAGES = ['advsal_jax']
+
+
+@pytest.mark.parametrize('name', PACKAGES)
+def test_public_api_is_importable(name):
+  module = importlib.import_module(name)
+  assert module.__all__, name
+  for attr in module.__all__:
+    assert hasattr(module, attr), f'{name}.{attr} is in __all__ but missing'
