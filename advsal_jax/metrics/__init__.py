@@ -1,0 +1,53 @@
+"""Similarity, localisation and statistics for comparing saliency maps.
+
+JAX metrics take pairs of maps batched over a leading axis (``[B,H,W]`` or ``[B,H,W,C]``),
+work under ``jax.jit`` and return ``f32[B]`` (``ssim`` returns the local SSIM map, ``hog`` the
+feature vectors, ``top_k_mask`` a mask); each matches the scipy/skimage reference named in its
+docstring. ``mann_whitney_u`` and ``bootstrap_ci`` run on the host with scipy.
+"""
+
+from advsal_jax.metrics.correlation import cosine
+from advsal_jax.metrics.correlation import l2_distance
+from advsal_jax.metrics.correlation import pearson
+from advsal_jax.metrics.correlation import spearman
+from advsal_jax.metrics.hog import hog
+from advsal_jax.metrics.hog import hog_pearson
+from advsal_jax.metrics.hog import hog_spearman
+from advsal_jax.metrics.localization import avg_diff
+from advsal_jax.metrics.localization import hamming_likeness
+from advsal_jax.metrics.localization import jaccard
+from advsal_jax.metrics.localization import sim_ratio
+from advsal_jax.metrics.localization import top_k_mask
+from advsal_jax.metrics.norms import l0_norm
+from advsal_jax.metrics.norms import l2_norm
+from advsal_jax.metrics.norms import linf_norm
+from advsal_jax.metrics.ssim import mean_ssim
+from advsal_jax.metrics.ssim import ssim
+from advsal_jax.metrics.stats import MannWhitneyResult
+from advsal_jax.metrics.stats import MeanCI
+from advsal_jax.metrics.stats import bootstrap_ci
+from advsal_jax.metrics.stats import mann_whitney_u
+
+__all__ = [
+    'MannWhitneyResult',
+    'MeanCI',
+    'avg_diff',
+    'bootstrap_ci',
+    'cosine',
+    'hamming_likeness',
+    'hog',
+    'hog_pearson',
+    'hog_spearman',
+    'jaccard',
+    'l0_norm',
+    'l2_distance',
+    'l2_norm',
+    'linf_norm',
+    'mann_whitney_u',
+    'mean_ssim',
+    'pearson',
+    'sim_ratio',
+    'spearman',
+    'ssim',
+    'top_k_mask',
+]

@@ -1,0 +1,255 @@
+"""Correlation and distance between pairs of saliency maps, batched over a leading axis.
+
+Every function takes two maps of the same shape ``[B, ...]`` (``[B,H,W]`` heatmaps or
+``[B,H,W,C]`` attributions), flattens everything after the batch axis and returns ``f32[B]``.
+
+Undefined values are NaN, as in scipy: a correlation with a constant map (including an all-zero
+map, e.g. a Grad-CAM map that the ReLU zeroed out) has zero variance and is NaN, like
+``scipy.stats.spearmanr`` / ``pearsonr``; the cosine with an all-zero map is NaN. Average
+undefined pairs out with ``np.nanmean`` and report how many there were. Concrete inputs are
+checked for NaN/inf before compilation; under ``jax.jit`` a NaN input gives a NaN result.
+
+References:
+  Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018, arXiv:1810.03292 (Spearman rank
+    correlation with and without absolute values).
+  Model-based Saliency for the Detection of Adversarial Examples, ICLR 2020 submission (study
+    003): L2 distance between the saliency maps of natural and adversarial images.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+L2_NORMALIZATIONS = (None, 'minmax', 'l2')
+
+
+def _check_pair(a: ArrayLike, b: ArrayLike, *, min_ndim: int = 2,
+                max_ndim: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """Validates two batched maps ``a`` and ``b`` and returns them as f32 arrays.
+
+  Shared by the metric modules of this package: same shape, a leading batch axis, real
+  dtype and, for concrete (non-traced) inputs, finite values.
+  """
+  a = _check_array(a, name='a', min_ndim=min_ndim, max_ndim=max_ndim)
+  b = _check_array(b, name='b', min_ndim=min_ndim, max_ndim=max_ndim)
+  if a.shape != b.shape:
+    raise ValueError(f'a and b must have the same shape; got a.shape={a.shape} and '
+                     f'b.shape={b.shape}.')
+  return a, b
+
+
+def _check_array(x: ArrayLike, *, name: str, min_ndim: int = 2,
+                 max_ndim: int | None = None) -> jax.Array:
+  """Validates one batched real array (rank, dtype, finiteness) and casts it to f32."""
+  if not hasattr(x, 'shape') or not hasattr(x, 'dtype'):
+    x = np.asarray(x)
+  if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
+          or x.dtype == jnp.bool_):
+    raise TypeError(f'{name} must have a real dtype; got {x.dtype}.')
+  if x.ndim < min_ndim or (max_ndim is not None and x.ndim > max_ndim):
+    expected = f'{min_ndim}' if max_ndim == min_ndim else (
+        f'at least {min_ndim}' if max_ndim is None else f'{min_ndim} to {max_ndim}')
+    raise ValueError(f'{name} must have {expected} dimensions with a leading batch axis; '
+                     f'got shape {x.shape}.')
+  if any(d == 0 for d in x.shape):
+    raise ValueError(f'{name} must not be empty; got shape {x.shape}.')
+  if not isinstance(x, jax.core.Tracer) and jnp.issubdtype(x.dtype, jnp.floating):
+    # Reduce on the array's own device: only one bool crosses to the host.
+    finite = jnp.all(jnp.isfinite(x)) if isinstance(x, jax.Array) else np.all(np.isfinite(x))
+    if not finite:
+      raise ValueError(f'{name} contains NaN or infinite values.')
+  return jnp.asarray(x, jnp.float32)
+
+
+def _flatten(x: jax.Array) -> jax.Array:
+  return x.reshape(x.shape[0], -1)
+
+
+def _pearson_rows(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Pearson correlation of the rows of two f32[B,N] arrays; NaN where a row is constant."""
+  xc = x - jnp.mean(x, axis=1, keepdims=True)
+  yc = y - jnp.mean(y, axis=1, keepdims=True)
+  # Rescale before the products so the f32 sums stay O(N) whatever the scale of the maps.
+  xc = xc / jnp.maximum(jnp.max(jnp.abs(xc), axis=1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+  yc = yc / jnp.maximum(jnp.max(jnp.abs(yc), axis=1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+  sxy = jnp.sum(xc * yc, axis=1)
+  sxx = jnp.sum(xc * xc, axis=1)
+  syy = jnp.sum(yc * yc, axis=1)
+  # A constant row is detected exactly (max == min): its centred values may be rounding noise.
+  constant = (jnp.max(x, axis=1) == jnp.min(x, axis=1)) | (jnp.max(y, axis=1) == jnp.min(y, axis=1))
+  r = sxy / jnp.sqrt(jnp.where(constant, 1.0, sxx * syy))
+  return jnp.where(constant, jnp.nan, jnp.clip(r, -1.0, 1.0))
+
+
+def _sort_keys(x: jax.Array) -> jax.Array:
+  """u32 keys with the order of the f32 values (-0.0 and 0.0 tie, like in scipy)."""
+  bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x), jnp.uint32)
+  return jnp.where((bits >> 31) == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _argsort_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Stable argsort of u32[B, N] keys; returns (sorted keys, permutation i32[B, N]).
+
+  XLA's CPU sort is several times faster on one u32 operand than on (f32 value, index) pairs,
+  so this is an LSD radix sort whose passes are single-operand sorts of packed words:
+  (next digit of the key, position after the previous pass). With N <= 1024, 10 bits hold the
+  position and two 22-bit passes cover the key.
+  """
+  n = keys.shape[1]
+  idx_bits = max(1, (n - 1).bit_length())
+  digit_bits = 32 - idx_bits
+  iota = jax.lax.broadcasted_iota(jnp.uint32, keys.shape, 1)
+  perm = iota
+  for shift in range(0, 32, digit_bits):
+    digit = (keys >> shift) & jnp.uint32((1 << min(digit_bits, 32 - shift)) - 1)
+    packed = jnp.sort((digit << idx_bits) | iota, axis=1)
+    pos = (packed & jnp.uint32((1 << idx_bits) - 1)).astype(jnp.int32)
+    perm = jnp.take_along_axis(perm, pos, axis=1)
+    keys = jnp.take_along_axis(keys, pos, axis=1)
+  return keys, perm.astype(jnp.int32)
+
+
+def _rankdata(x: jax.Array) -> jax.Array:
+  """Average ranks (1-based, ties share their mean rank) along the last axis of f32[B, N].
+
+  Same as ``scipy.stats.rankdata(x, method='average', axis=1)``, in O(N log N): a sort finds
+  the tie runs, a scatter puts the ranks back in input order.
+
+  Args:
+    x: f32[B, N], finite, N < 2**23.
+
+  Returns:
+    f32[B, N] ranks in [1, N]; half-integers for ties (exact in f32).
+  """
+  n = x.shape[1]
+  keys, perm = _argsort_keys(_sort_keys(x))
+  iota = jax.lax.broadcasted_iota(jnp.int32, keys.shape, 1)
+  change = keys[:, 1:] != keys[:, :-1]
+  edge = jnp.ones((keys.shape[0], 1), bool)
+  first = jax.lax.cummax(jnp.where(jnp.concatenate([edge, change], axis=1), iota, 0), axis=1)
+  last = jax.lax.cummin(jnp.where(jnp.concatenate([change, edge], axis=1), iota, n - 1), axis=1,
+                        reverse=True)
+  ranks_sorted = (first + last).astype(jnp.float32) * 0.5 + 1.0
+  return jax.vmap(lambda p, r: jnp.zeros_like(r).at[p].set(r, unique_indices=True))(
+      perm, ranks_sorted)
+
+
+def spearman(a: ArrayLike, b: ArrayLike, *, absolute: bool = False) -> jax.Array:
+  """Spearman rank correlation between paired maps, over all their pixels.
+
+  Same value as ``scipy.stats.spearmanr(a[i].ravel(), b[i].ravel()).statistic`` (average ranks
+  for ties), to about 1e-6.
+
+  Args:
+    a: f32[B, ...] maps, e.g. [B,H,W] heatmaps; finite.
+    b: f32[B, ...], same shape as ``a``.
+    absolute: rank ``|a|`` and ``|b|`` instead of the signed values (Adebayo et al. report
+      both: the sign of a gradient map carries little visual meaning).
+
+  Returns:
+    f32[B] in [-1, 1]; NaN where a map (after ``abs`` if ``absolute``) is constant. -0.0 and
+    0.0 tie, as in scipy; so do subnormal values and 0 (XLA on CPU flushes subnormals).
+
+  Raises:
+    ValueError: shapes differ, fewer than 2 dims, empty, or non-finite values.
+    TypeError: a non-real dtype.
+  """
+  a, b = _check_pair(a, b)
+  if absolute:
+    a, b = jnp.abs(a), jnp.abs(b)
+  return _pearson_rows(_rankdata(_flatten(a)), _rankdata(_flatten(b)))
+
+
+def pearson(a: ArrayLike, b: ArrayLike) -> jax.Array:
+  """Pearson correlation between paired maps, over all their pixels.
+
+  Same value as ``scipy.stats.pearsonr(a[i].ravel(), b[i].ravel()).statistic`` (to ~1e-6).
+
+  Args:
+    a: f32[B, ...] maps; finite.
+    b: f32[B, ...], same shape as ``a``.
+
+  Returns:
+    f32[B] in [-1, 1]; NaN where a map is constant.
+
+  Raises:
+    ValueError: shapes differ, fewer than 2 dims, empty, or non-finite values.
+    TypeError: a non-real dtype.
+  """
+  a, b = _check_pair(a, b)
+  return _pearson_rows(_flatten(a), _flatten(b))
+
+
+def cosine(a: ArrayLike, b: ArrayLike) -> jax.Array:
+  """Cosine similarity ``<a, b> / (|a| |b|)`` between paired maps (uncentred).
+
+  Equals ``1 - scipy.spatial.distance.cosine(a[i].ravel(), b[i].ravel())``.
+
+  Args:
+    a: f32[B, ...] maps; finite.
+    b: f32[B, ...], same shape as ``a``.
+
+  Returns:
+    f32[B] in [-1, 1]; NaN where a map is all zero.
+
+  Raises:
+    ValueError: shapes differ, fewer than 2 dims, empty, or non-finite values.
+    TypeError: a non-real dtype.
+  """
+  a, b = _check_pair(a, b)
+  x, y = _flatten(a), _flatten(b)
+  # Scale each row by its max magnitude so f32 sums of squares cannot overflow or underflow.
+  sx = jnp.max(jnp.abs(x), axis=1, keepdims=True)
+  sy = jnp.max(jnp.abs(y), axis=1, keepdims=True)
+  zero = (sx[:, 0] == 0) | (sy[:, 0] == 0)
+  x = x / jnp.where(sx == 0, 1.0, sx)
+  y = y / jnp.where(sy == 0, 1.0, sy)
+  num = jnp.sum(x * y, axis=1)
+  den = jnp.sqrt(jnp.sum(x * x, axis=1) * jnp.sum(y * y, axis=1))
+  return jnp.where(zero, jnp.nan, jnp.clip(num / jnp.where(zero, 1.0, den), -1.0, 1.0))
+
+
+def _normalize_rows(x: jax.Array, method: str | None) -> jax.Array:
+  if method is None:
+    return x
+  if method == 'minmax':
+    lo = jnp.min(x, axis=1, keepdims=True)
+    span = jnp.max(x, axis=1, keepdims=True) - lo
+    return jnp.where(span > 0, (x - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+  scale = jnp.max(jnp.abs(x), axis=1, keepdims=True)
+  x = x / jnp.where(scale > 0, scale, 1.0)
+  norm = jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True))
+  return x / jnp.where(norm > 0, norm, 1.0)
+
+
+def l2_distance(a: ArrayLike, b: ArrayLike, *, normalize: str | None = None) -> jax.Array:
+  """Euclidean distance ``||a - b||_2`` between paired maps, over all their pixels.
+
+  Study 003 compares L2 distances between the saliency maps of natural and adversarial images
+  (with a Mann-Whitney U test, see ``stats.mann_whitney_u``).
+
+  Args:
+    a: f32[B, ...] maps; finite.
+    b: f32[B, ...], same shape as ``a``.
+    normalize: None (raw maps); ``'minmax'``: each map rescaled to [0, 1] first (a constant
+      map becomes all zeros), the normalisation used to display saliency maps, so the distance
+      is in [0, sqrt(N)]; ``'l2'``: each map divided by its L2 norm first (an all-zero map
+      stays zero), so the distance is in [0, 2].
+
+  Returns:
+    f32[B], >= 0.
+
+  Raises:
+    ValueError: shapes differ, fewer than 2 dims, empty, non-finite values, or an unknown
+      ``normalize``.
+    TypeError: a non-real dtype.
+  """
+  if normalize not in L2_NORMALIZATIONS:
+    raise ValueError(f'normalize must be one of {L2_NORMALIZATIONS}; got {normalize!r}.')
+  a, b = _check_pair(a, b)
+  x, y = _normalize_rows(_flatten(a), normalize), _normalize_rows(_flatten(b), normalize)
+  d = x - y
+  scale = jnp.max(jnp.abs(d), axis=1)
+  safe = jnp.where(scale > 0, scale, 1.0)
+  return scale * jnp.sqrt(jnp.sum(jnp.square(d / safe[:, None]), axis=1))
