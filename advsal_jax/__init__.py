@@ -2,9 +2,12 @@
 
 __version__ = '0.1.0'
 
+from advsal_jax import attacks
 from advsal_jax import checkpoints
 from advsal_jax import data
+from advsal_jax import metrics
 from advsal_jax import models
+from advsal_jax import saliency
 from advsal_jax import training
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
@@ -13,8 +16,11 @@ __all__ = [
     'Params',
     'PRNGKey',
     '__version__',
+    'attacks',
     'checkpoints',
     'data',
+    'metrics',
     'models',
+    'saliency',
     'training',
 ]

@@ -1,6 +1,8 @@
 """Shared pytest fixtures: strict JAX config, real data and the committed checkpoints."""
 
 import os
+import pathlib
+import pickle
 
 import jax
 import numpy as np
@@ -49,3 +51,31 @@ def cnn_mnist():
 def cifar_first500(cifar_test) -> tuple[np.ndarray, np.ndarray]:
   """First 500 CIFAR-10 test images as f32 [500,32,32,3] in [0,1] and labels int32 [500]."""
   return data.to_float(cifar_test.images[:500]), cifar_test.labels[:500]
+
+
+CIFAR_CLASSES = (b'airplane', b'automobile', b'bird', b'cat', b'deer', b'dog', b'frog', b'horse',
+                 b'ship', b'truck')
+
+
+def write_official_cifar(root: pathlib.Path, rng: np.random.Generator, *, per_batch: int = 3
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Writes tiny CIFAR-10 python-version pickles (protocol 2, bytes keys) like the official ones.
+
+  Returns:
+    file name -> (uint8 images [n,32,32,3], int32 labels [n]).
+  """
+  d = root / 'cifar10' / 'cifar-10-batches-py'
+  d.mkdir(parents=True)
+  arrays = {}
+  for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+    imgs = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, per_batch).tolist()
+    planar = imgs.transpose(0, 3, 1, 2).reshape(per_batch, 3072)  # R, G, B planes
+    with open(d / name, 'wb') as f:
+      pickle.dump({b'batch_label': b'x', b'labels': labels, b'data': planar,
+                   b'filenames': [b'a.png'] * per_batch}, f, protocol=2)
+    arrays[name] = (imgs, np.asarray(labels, np.int32))
+  with open(d / 'batches.meta', 'wb') as f:
+    pickle.dump({b'num_cases_per_batch': per_batch, b'label_names': list(CIFAR_CLASSES),
+                 b'num_vis': 3072}, f, protocol=2)
+  return arrays

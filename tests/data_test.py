@@ -2,7 +2,6 @@
 
 import gzip
 import pathlib
-import pickle
 
 import jax
 import numpy as np
@@ -10,28 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from advsal_jax import data
-
-
-def _write_cifar(root: pathlib.Path, rng: np.random.Generator) -> dict:
-  """Writes tiny CIFAR-10 python-version pickles (protocol 2, bytes keys) like the official ones."""
-  d = root / 'cifar10' / 'cifar-10-batches-py'
-  d.mkdir(parents=True)
-  arrays = {}
-  names = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
-  for name in names:
-    imgs = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, 3).tolist()
-    planar = imgs.transpose(0, 3, 1, 2).reshape(3, 3072)  # R plane, G plane, B plane
-    with open(d / name, 'wb') as f:
-      pickle.dump({b'batch_label': b'x', b'labels': labels, b'data': planar,
-                   b'filenames': [b'a.png'] * 3}, f, protocol=2)
-    arrays[name] = (imgs, np.asarray(labels, np.int32))
-  label_names = [b'airplane', b'automobile', b'bird', b'cat', b'deer', b'dog', b'frog',
-                 b'horse', b'ship', b'truck']
-  with open(d / 'batches.meta', 'wb') as f:
-    pickle.dump({b'num_cases_per_batch': 3, b'label_names': label_names, b'num_vis': 3072}, f,
-                protocol=2)
-  return arrays
+from conftest import write_official_cifar
 
 
 def _write_idx(path: pathlib.Path, arr: np.ndarray, magic: int):
@@ -56,7 +34,7 @@ def _write_mnist(root: pathlib.Path, rng: np.random.Generator) -> dict:
 
 def test_cifar_official_format_round_trip(tmp_path, monkeypatch):
   monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-  arrays = _write_cifar(tmp_path, np.random.default_rng(0))
+  arrays = write_official_cifar(tmp_path, np.random.default_rng(0))
   train = data.load('cifar10', 'train', data_dir=tmp_path)
   want = np.concatenate([arrays[f'data_batch_{i}'][0] for i in range(1, 6)])
   np.testing.assert_array_equal(train.images, want)

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-PACKAGES = ['advsal_jax']
+PACKAGES = ['advsal_jax', 'advsal_jax.attacks', 'advsal_jax.metrics', 'advsal_jax.saliency']
 
 
 @pytest.mark.parametrize('name', PACKAGES)

@@ -1,0 +1,1 @@
+"""The studies' experiment pipelines (used by the binaries in experiments/)."""
