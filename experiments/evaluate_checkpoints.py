@@ -17,7 +17,9 @@ from advsal_jax import data
 from advsal_jax import models
 from advsal_jax import training
 
-_MODELS = flags.DEFINE_list('models', sorted(models.MODELS), 'Checkpoints to evaluate.')
+_MODELS = flags.DEFINE_list('models', None,
+                            'Checkpoints to evaluate; default: every registered model that has a '
+                            'committed checkpoint.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 'Offline data directory; default $ADVSAL_DATA_DIR, then tfds.')
 _OUTPUT = flags.DEFINE_string('output', 'results/evaluate_checkpoints.json',
@@ -26,10 +28,17 @@ _OUTPUT = flags.DEFINE_string('output', 'results/evaluate_checkpoints.json',
 
 def main(argv):
   del argv
-  for name in _MODELS.value:
+  names = _MODELS.value
+  if names is None:
+    names = [n for n in sorted(models.MODELS) if checkpoints.resolve(n).joinpath(
+        checkpoints.METADATA_FILE).exists()]
+    missing = sorted(set(models.MODELS) - set(names))
+    if missing:
+      logging.warning('No committed checkpoint (not evaluated): %s', ', '.join(missing))
+  for name in names:
     models.get_spec(name)  # Fail on an unknown name before any work.
   rows = []
-  for name in _MODELS.value:
+  for name in names:
     model, variables, meta = checkpoints.load(name)
     ds = data.load(meta['dataset'], 'test', data_dir=_DATA_DIR.value)
     t = time.time()

@@ -64,10 +64,13 @@ def _variants(config: dict) -> list[tuple[str, float]]:
 
 
 def _stats(values: np.ndarray, seed: int) -> dict[str, float] | None:
-  values = values[np.isfinite(values)]
+  """n, n_undefined (NaN pairs, e.g. a constant map), mean, std, 95 % CI of the finite values."""
+  finite = np.isfinite(values)
+  undefined = int((~finite).sum())
+  values = values[finite]
   if len(values) == 0:
     return None
-  out = {'n': int(len(values)), 'mean': float(values.mean()),
+  out = {'n': int(len(values)), 'n_undefined': undefined, 'mean': float(values.mean()),
          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0}
   if len(values) > 1:
     ci = metrics.bootstrap_ci(values, rng=seed, n_resamples=1000, method='percentile')
@@ -176,6 +179,11 @@ def report_markdown(summary: dict, config: dict, *, figures: list[str]) -> str:
     st = summary['table1'][method][name]
     ci = f"[{st['ci_low']:.3f}, {st['ci_high']:.3f}]" if st else 'n/a'
     lines.append(f"| {method} | {name} | {'' if paper is None else paper} | {ours:.4f} | {ci} |")
+  undefined = {f'{m}/{n}': st['n_undefined'] for m, tab in summary['table1'].items()
+               for n, st in tab.items() if st and st['n_undefined']}
+  if undefined:
+    lines += ['', 'Pairs left out as undefined (a constant map has no rank correlation): ' +
+              ', '.join(f'{k}: {v}' for k, v in undefined.items()) + '.']
   verdict = grad_cam_least_similar(summary, config)
   lines += ['', '## Does Grad-CAM give the least similar maps on every metric?', '']
   if verdict is None:
