@@ -5,6 +5,7 @@ import pathlib
 import pickle
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -79,3 +80,22 @@ def write_official_cifar(root: pathlib.Path, rng: np.random.Generator, *, per_ba
     pickle.dump({b'num_cases_per_batch': per_batch, b'label_names': list(CIFAR_CLASSES),
                  b'num_vis': 3072}, f, protocol=2)
   return arrays
+
+
+@pytest.fixture(scope='session')
+def checkpoint_saliency_pairs(alexnet_cifar, cifar_first500) -> tuple[np.ndarray, np.ndarray]:
+  """Real saliency maps: |gradient| (max over channels) of the predicted logit of the trained
+  alexnet_cifar on 4 test images and on their FGSM (0.03) versions, two f32[4,32,32]."""
+  model, variables, _ = alexnet_cifar
+  x = jnp.asarray(cifar_first500[0][:4])
+  label = jnp.argmax(model.apply(variables, x), axis=-1)
+
+  def grad(images):
+    def score(images):
+      logits = model.apply(variables, images)
+      return jnp.sum(jnp.take_along_axis(logits, label[:, None], axis=1))
+    return jax.grad(score)(images)
+
+  g = grad(x)
+  g_adv = grad(jnp.clip(x + 0.03 * jnp.sign(g), 0, 1))
+  return np.asarray(jnp.max(jnp.abs(g), axis=-1)), np.asarray(jnp.max(jnp.abs(g_adv), axis=-1))

@@ -137,25 +137,8 @@ def test_l2_distance_rejects_unknown_normalisation():
     metrics.l2_distance(_A, _B, normalize='max')
 
 
-def _saliency_pairs(alexnet_cifar, cifar_first500, n=4):
-  """|gradient| heatmaps [n,32,32] of the predicted logit on clean and FGSM-perturbed images."""
-  model, variables, _ = alexnet_cifar
-  x = jnp.asarray(cifar_first500[0][:n])
-  label = jnp.argmax(model.apply(variables, x), axis=-1)
-
-  def grad(images):
-    def score(images):
-      logits = model.apply(variables, images)
-      return jnp.sum(jnp.take_along_axis(logits, label[:, None], axis=1))
-    return jax.grad(score)(images)
-
-  g = grad(x)
-  g_adv = grad(jnp.clip(x + 0.03 * jnp.sign(g), 0, 1))
-  return np.asarray(jnp.max(jnp.abs(g), axis=-1)), np.asarray(jnp.max(jnp.abs(g_adv), axis=-1))
-
-
-def test_match_scipy_on_checkpoint_saliency_maps(alexnet_cifar, cifar_first500):
-  a, b = _saliency_pairs(alexnet_cifar, cifar_first500)
+def test_match_scipy_on_checkpoint_saliency_maps(checkpoint_saliency_pairs):
+  a, b = checkpoint_saliency_pairs
   want = _per_pair(lambda x, y: scipy.stats.spearmanr(x, y).statistic, a, b)
   np.testing.assert_allclose(metrics.spearman(a, b), want, rtol=0, atol=1e-6)
   want = _per_pair(lambda x, y: scipy.stats.pearsonr(x, y).statistic, a, b)

@@ -115,25 +115,8 @@ def test_errors():
     metrics.hog(a[0])
 
 
-def _saliency_pairs(alexnet_cifar, cifar_first500, n=4):
-  """|gradient| heatmaps [n,32,32] of the predicted logit on clean and FGSM-perturbed images."""
-  model, variables, _ = alexnet_cifar
-  x = jnp.asarray(cifar_first500[0][:n])
-  label = jnp.argmax(model.apply(variables, x), axis=-1)
-
-  def grad(images):
-    def score(images):
-      logits = model.apply(variables, images)
-      return jnp.sum(jnp.take_along_axis(logits, label[:, None], axis=1))
-    return jax.grad(score)(images)
-
-  g = grad(x)
-  g_adv = grad(jnp.clip(x + 0.03 * jnp.sign(g), 0, 1))
-  return np.asarray(jnp.max(jnp.abs(g), axis=-1)), np.asarray(jnp.max(jnp.abs(g_adv), axis=-1))
-
-
-def test_matches_skimage_on_checkpoint_saliency_maps(alexnet_cifar, cifar_first500):
-  a, b = _saliency_pairs(alexnet_cifar, cifar_first500)
+def test_matches_skimage_on_checkpoint_saliency_maps(checkpoint_saliency_pairs):
+  a, b = checkpoint_saliency_pairs
   ha, hb = _skimage(np.float64(a)), _skimage(np.float64(b))
   np.testing.assert_allclose(metrics.hog(a), ha, rtol=0, atol=1e-5)
   np.testing.assert_allclose(
