@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import metrics
 from advsal_jax.attacks import projections
 from advsal_jax.types import ApplyFn, Params
 
@@ -68,6 +69,6 @@ def evaluate_attack(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
       adv_pred=adv_pred,
       adv_confidence=jnp.max(jax.nn.softmax(adv_logits, axis=-1), axis=-1),
       l0=jnp.sum(delta != 0, axis=1),
-      l2=jnp.sqrt(jnp.sum(jnp.square(delta), axis=1)),
-      linf=jnp.max(jnp.abs(delta), axis=1),
+      l2=metrics.l2_norm(delta),
+      linf=metrics.linf_norm(delta),
   )

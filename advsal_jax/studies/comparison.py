@@ -185,9 +185,10 @@ def compare_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Ar
   fake = apply_fn(params, flat).argmax(-1).reshape(v, b)
   target = jnp.concatenate([jnp.full((len(cfg.untargeted_eps), b), -1, real.dtype), targets])
   success = jnp.where(target < 0, fake != real[None], fake == target)
-  delta = (x_adv - x[None]).reshape(v, b, -1)
+  delta = (x_adv - x[None]).reshape(v * b, -1)
   out = {'real_pred': real, 'fake_pred': fake, 'target': target, 'success': success,
-         'linf': jnp.abs(delta).max(-1), 'l2': jnp.sqrt(jnp.square(delta).sum(-1))}
+         'linf': metrics.linf_norm(delta).reshape(v, b),
+         'l2': metrics.l2_norm(delta).reshape(v, b)}
   base_key = jax.random.key(cfg.seed)
   keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(index)
   for method in cfg.methods:
