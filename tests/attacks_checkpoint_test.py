@@ -74,15 +74,16 @@ def test_pgd_cifar(cifar):
   assert rate >= 0.95, f'PGD 10 steps: {rate:.3f} of {correct.sum()} correctly classified'
 
 
-@pytest.mark.xfail(run=False, strict=True, reason=(
-    'target 90 % not met: measured 84.4 % of 437 correctly classified images (eps 8/255, '
-    '10 steps of 2/255); 87.0 % with 20 steps of 1/255'))
 def test_targeted_bim_cifar(cifar):
   model, variables, x, labels, correct = cifar
   targets = ((labels + np.random.default_rng(0).integers(1, 10, len(labels))) % 10
              ).astype(np.int32)
+  # A random target needs more steps than an untargeted attack at the same eps 8/255.
+  # Measured on these 437 images (cross-entropy): 10 steps of 2/255 reach 84.4 %, 20 steps
+  # 90.2 %, 30 steps 91.5 %, 50 steps of 1/255 92.0 %; the C&W margin objective does worse
+  # (75.1 % at 10 steps). 30 steps keeps a margin above 90 %.
   x_adv = _run(attacks.bim, model, variables, x, targets, targeted=True, eps=8 / 255,
-               step_size=2 / 255, num_steps=10, unroll=True)
+               step_size=2 / 255, num_steps=30, unroll=True)
   ev = attacks.evaluate_attack(model.apply, variables, x, x_adv, targets, targeted=True)
   rate = _rate(ev.success, correct)
   assert rate >= 0.90, f'targeted BIM: {rate:.3f} of {correct.sum()} correctly classified'
@@ -125,12 +126,12 @@ def test_deepfool_cifar(cifar, bim_cifar):
   assert l2 < bim_l2, f'DeepFool mean L2 {l2:.4f} vs BIM {bim_l2:.4f}'
 
 
-_MNIST_N = 100  # first test images; JSMA runs up to 56 pair steps each
+# First test images; JSMA runs up to 56 pair steps each. Defaults: softmax outputs (JSMA-F),
+# theta 1, top-128 candidate pairs. Measured: 99 % reach the target changing 4.3 % of the
+# pixels on average (Papernot et al.: 97.1 %, 4.02 %); with logits (JSMA-Z) only 84 %.
+_MNIST_N = 100
 
 
-@pytest.mark.xfail(run=False, strict=True, reason=(
-    'target 90 % not met: measured 83 % on the first 100 MNIST test images (gamma 0.145, '
-    'mean 8.1 % of pixels changed, max 14.3 %)'))
 def test_jsma_mnist(cnn_mnist, mnist_test):
   model, variables, _ = cnn_mnist
   x = data.to_float(mnist_test.images[:_MNIST_N])

@@ -146,6 +146,7 @@ def test_bad_inputs_raise_before_compilation(name, case, compile_counter):
     ('deepfool', dict(overshoot=-0.1), 'overshoot'),
     ('jsma', dict(targeted=False), 'targeted'),
     ('jsma', dict(targeted=True, theta=0.0), 'theta'),
+    ('jsma', dict(targeted=True, output='softmax'), 'output'),
 ])
 def test_attack_specific_validation(name, kwargs, word, compile_counter):
   x, labels, _ = _inputs()

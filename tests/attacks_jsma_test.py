@@ -28,11 +28,22 @@ def linear():
   return params, w, x, targets
 
 
-def _brute_force_pair(w, x, target, *, increase, candidates=None):
+def _output_jacobian(w, x, output):
+  """d y / dx, [F, K], in closed form: W for logits, W (diag(p) - p p^T) for softmax."""
+  if output == 'logits':
+    return w
+  z = x.reshape(-1) @ w
+  p = np.exp(z - z.max())
+  p /= p.sum()
+  return w @ (np.diag(p) - np.outer(p, p))
+
+
+def _brute_force_pair(w, x, target, *, increase, output, candidates=None):
   """The paper's pair: max (a_p + a_q) |b_p + b_q| s.t. a_p + a_q > 0, b_p + b_q < 0."""
   sign = 1.0 if increase else -1.0
-  a = sign * w[:, target]
-  b = sign * (w.sum(axis=1) - w[:, target])
+  jac = _output_jacobian(w, x, output)
+  a = sign * jac[:, target]
+  b = sign * (jac.sum(axis=1) - jac[:, target])
   flat = x.reshape(-1)
   domain = [p for p in range(_F) if (flat[p] < 1.0 if increase else flat[p] > 0.0)]
   if candidates is not None:
@@ -47,14 +58,15 @@ def _brute_force_pair(w, x, target, *, increase, candidates=None):
 
 @pytest.mark.parametrize('theta', [1.0, -1.0])
 @pytest.mark.parametrize('num_candidates', [_F, 5])
-def test_first_pair_is_the_pairwise_saliency_argmax(linear, theta, num_candidates):
+@pytest.mark.parametrize('output', ['logits', 'probabilities'])
+def test_first_pair_is_the_pairwise_saliency_argmax(linear, theta, num_candidates, output):
   params, w, x, targets = linear
   gamma = 2.5 / _F  # room for exactly one pair
   out = np.asarray(attacks.jsma(_linear, params, x, targets, targeted=True, theta=theta,
-                                gamma=gamma, num_candidates=num_candidates))
+                                gamma=gamma, num_candidates=num_candidates, output=output))
   for b in range(_B):
     changed = set(np.flatnonzero(out[b].reshape(-1) != x[b].reshape(-1)))
-    expected = _brute_force_pair(w, x[b], targets[b], increase=theta > 0,
+    expected = _brute_force_pair(w, x[b], targets[b], increase=theta > 0, output=output,
                                  candidates=num_candidates)
     assert changed == expected, (b, changed, expected)
     np.testing.assert_array_equal(out[b].reshape(-1)[sorted(changed)], 1.0 if theta > 0 else 0.0)

