@@ -7,6 +7,7 @@ from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax import models
+from advsal_jax import rewrites
 from advsal_jax import saliency
 from advsal_jax import training
 from advsal_jax.types import ApplyFn, Params, PRNGKey
@@ -21,6 +22,7 @@ __all__ = [
     'data',
     'metrics',
     'models',
+    'rewrites',
     'saliency',
     'training',
 ]

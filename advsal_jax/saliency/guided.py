@@ -3,11 +3,11 @@
 ``guided_backprop`` needs no change to the model: ``with_guided_relu`` traces ``apply_fn`` to a
 jaxpr and re-evaluates it with every ReLU (``max(x, 0)`` with a literal zero, which is what
 ``jax.nn.relu``/``flax.linen.relu``/``jnp.maximum(x, 0.)`` lower to) replaced by
-``guided_relu``. ReLUs nested in ``jit``, ``custom_jvp``, ``custom_vjp`` and ``checkpoint``
-sub-jaxprs are found by inlining those calls (their custom derivative rules are dropped,
-which is the point: a custom ReLU gradient must become the guided one). ReLUs inside
-control flow (``scan``, ``while``, ``cond``) raise ``NotImplementedError`` rather than being
-silently missed. Any float ``max(x, 0)`` counts as a ReLU, including the lower bound of
+``guided_relu`` (``advsal_jax.rewrites``). ReLUs nested in ``jit``, ``custom_jvp``,
+``custom_vjp`` and ``checkpoint`` sub-jaxprs are found by inlining those calls (their custom
+derivative rules are dropped, which is the point: a custom ReLU gradient must become the
+guided one). ReLUs inside control flow (``scan``, ``while``, ``cond``) raise
+``NotImplementedError`` rather than being silently missed. Any float ``max(x, 0)`` counts as a ReLU, including the lower bound of
 ``jnp.clip(x, 0, ...)``; ``relu6``-style or leaky activations are left alone.
 """
 
@@ -18,13 +18,9 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import rewrites
 from advsal_jax.saliency import gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
-
-# Call-like primitives whose sub-jaxpr is evaluated inline when it contains a ReLU.
-_INLINE = {'jit', 'pjit', 'closed_call', 'core_call', 'custom_jvp_call', 'custom_vjp_call',
-           'custom_vjp_call_jaxpr', 'remat', 'remat2', 'checkpoint'}
-_SUBJAXPR_PARAMS = ('jaxpr', 'call_jaxpr', 'fun_jaxpr')
 
 
 @jax.custom_vjp
@@ -73,62 +69,13 @@ def _relu_operand(eqn) -> int | None:
   return None
 
 
-def _sub_jaxprs(eqn):
-  for value in eqn.params.values():
-    for v in (value if isinstance(value, (tuple, list)) else (value,)):
-      if isinstance(v, jex.ClosedJaxpr):
-        yield v.jaxpr
-      elif isinstance(v, jex.Jaxpr):
-        yield v
+def _replace_relu(eqn, invals):
+  operand = _relu_operand(eqn)
+  return None if operand is None else [guided_relu(invals[operand])]
 
 
-def _contains_relu(jaxpr) -> bool:
-  return any(_relu_operand(e) is not None or any(_contains_relu(j) for j in _sub_jaxprs(e))
-             for e in jaxpr.eqns)
-
-
-def _inline_jaxpr(eqn):
-  """(jaxpr, consts) of a call-like eqn whose sub-jaxpr takes exactly the eqn's inputs."""
-  for name in _SUBJAXPR_PARAMS:
-    sub = eqn.params.get(name)
-    if isinstance(sub, jex.ClosedJaxpr):
-      return sub.jaxpr, sub.consts
-    if isinstance(sub, jex.Jaxpr):
-      return sub, ()
-  raise NotImplementedError(f'guided_backprop: no sub-jaxpr found in {eqn.primitive.name}.')
-
-
-def _eval_guided(jaxpr, consts, *args) -> list[jax.Array]:
-  """Evaluates ``jaxpr`` like ``jax.core.eval_jaxpr`` but with every ReLU made guided."""
-  env = {}
-
-  def read(v):
-    return v.val if isinstance(v, jex.Literal) else env[v]
-
-  for v, val in zip(jaxpr.constvars, consts):
-    env[v] = val
-  for v, val in zip(jaxpr.invars, args):
-    env[v] = val
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
-    operand = _relu_operand(eqn)
-    if operand is not None:
-      outvals = [guided_relu(invals[operand])]
-    elif any(_contains_relu(j) for j in _sub_jaxprs(eqn)):
-      if eqn.primitive.name not in _INLINE:
-        raise NotImplementedError(
-            f'guided_backprop: a ReLU inside {eqn.primitive.name!r} (control flow) is not '
-            f'supported; only ReLUs inside {sorted(_INLINE)} are rewritten.')
-      sub, sub_consts = _inline_jaxpr(eqn)
-      outvals = _eval_guided(sub, sub_consts, *invals)
-    else:
-      with eqn.ctx.manager:
-        outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
-      if not eqn.primitive.multiple_results:
-        outvals = [outvals]
-    for v, val in zip(eqn.outvars, outvals):
-      env[v] = val
-  return [read(v) for v in jaxpr.outvars]
+GUIDED_RELU = rewrites.Rule(name='guided_backprop', replace=_replace_relu,
+                            matches=lambda eqn: _relu_operand(eqn) is not None)
 
 
 def with_guided_relu(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,13 +94,7 @@ def with_guided_relu(fn: Callable[..., Any]) -> Callable[..., Any]:
   Raises:
     NotImplementedError: (when called) if a ReLU sits inside scan/while/cond.
   """
-
-  def guided_fn(*args):
-    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    outs = _eval_guided(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
-    return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
-
-  return guided_fn
+  return rewrites.rewrite(fn, GUIDED_RELU)
 
 
 def _guided_map(apply_fn, params, x, target):
