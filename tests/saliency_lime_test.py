@@ -103,3 +103,14 @@ def test_chunked_equals_unchunked_and_errors():
                                     segments=s))(segments)
   with pytest.raises(ValueError, match='segmentation must be one of'):
     saliency.segment_images(x, segmentation='watershed')
+
+
+def test_default_quickshift_scales_lime_kernel_to_the_image():
+  """LIME's kernel_size=4 (for 224-pixel images) becomes 1 on 32x32 CIFAR-10 images."""
+  x = np.random.default_rng(0).uniform(size=(1, 32, 32, 3)).astype(np.float32)
+  got = saliency.segment_images(x)[0]
+  ref = skimage.segmentation.quickshift(x[0].astype(np.float64), kernel_size=1, max_dist=200,
+                                        ratio=0.2, rng=42)
+  relabelled = np.unique(ref, return_inverse=True)[1].reshape(ref.shape)
+  np.testing.assert_array_equal(got, relabelled)
+  assert len(np.unique(got)) > 1

@@ -11,9 +11,10 @@ from advsal_jax.saliency import gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 SEGMENTATIONS = ('quickshift', 'felzenszwalb', 'slic')
-# LIME's image defaults for quickshift; scikit-image's defaults for the others.
+# LIME's image defaults for quickshift (its kernel_size is scaled to the image, see
+# segment_images); scikit-image's defaults for the others.
 _DEFAULT_KWARGS = {
-    'quickshift': {'kernel_size': 4, 'max_dist': 200, 'ratio': 0.2, 'rng': 42},
+    'quickshift': {'max_dist': 200, 'ratio': 0.2, 'rng': 42},
     'felzenszwalb': {'scale': 1.0, 'sigma': 0.8, 'min_size': 20},
     'slic': {'n_segments': 100, 'compactness': 10.0, 'start_label': 0},
 }
@@ -43,8 +44,10 @@ def segment_images(x: jax.typing.ArrayLike, *, segmentation: str = 'quickshift',
 
   Args:
     x: f32[B,H,W,C] concrete images in [0, 1] (C = 1 or 3).
-    segmentation: 'quickshift' (LIME's default: kernel_size=4, max_dist=200, ratio=0.2),
-      'felzenszwalb' or 'slic'.
+    segmentation: 'quickshift' (LIME's defaults max_dist=200, ratio=0.2, and LIME's
+      kernel_size=4 scaled from its 224-pixel images to this size: ``max(1, round(4 *
+      min(H, W) / 224))``, so 1 on 32x32 CIFAR-10, where kernel_size=4 merges most images
+      into a single segment), 'felzenszwalb' or 'slic' (scikit-image's defaults).
     **kwargs: override the segmentation function's parameters.
 
   Returns:
@@ -63,6 +66,8 @@ def segment_images(x: jax.typing.ArrayLike, *, segmentation: str = 'quickshift',
   if images.ndim != 4:
     raise ValueError(f'x must be f32[B,H,W,C], got shape {images.shape}.')
   params = {**_DEFAULT_KWARGS[segmentation], **kwargs}
+  if segmentation == 'quickshift':
+    params.setdefault('kernel_size', max(1, round(4 * min(images.shape[1:3]) / 224)))
   out = np.empty(images.shape[:3], np.int32)
   for b, image in enumerate(images):
     if segmentation == 'quickshift':
