@@ -19,10 +19,8 @@ TARGET_ACCURACY = {'alexnet_cifar': 0.85, 'mobilenet_v1_cifar': 0.80,
 _SHORTFALL = {
     'mobilenet_v1_cifar': pytest.mark.xfail(
         strict=True, reason='8 epochs on 2 CPU cores reached 79.35 %, below the 80 % target'),
-    'mobilenet_v2_cifar': pytest.mark.xfail(
-        strict=True, reason='not trained yet: no committed checkpoint'),
 }
-_MISSING = {'mobilenet_v2_cifar': _SHORTFALL['mobilenet_v2_cifar']}
+_MISSING = {}
 
 
 def _cases(marks):
