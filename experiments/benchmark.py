@@ -1,0 +1,78 @@
+"""Benchmarks the model, every saliency method, every attack and study 000's metrics.
+
+Writes ``config.json``, ``benchmark.json`` and ``benchmark.md`` (a table: images/s, compile
+time, XLA and process memory per workload) to ``--output_dir``.
+
+Example (a quick run; the defaults are the full settings):
+  python experiments/benchmark.py --batch_size=8 --repeats=1 --smoothgrad_samples=4 \
+      --ig_steps=4 --lime_samples=50 --attack_steps=2 --cw_binary_search_steps=1 \
+      --cw_max_iterations=10 --metric_pairs=500 --reference_pairs=50
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from advsal_jax import benchmarking
+
+_D = benchmarking.BenchmarkConfig()
+_LIB = 'unset: the library default'
+_MODEL = flags.DEFINE_string('model', _D.model, 'Registered model name or checkpoint directory.')
+_RANDOM_INIT = flags.DEFINE_bool(
+    'random_init', _D.random_init,
+    'Freshly initialised weights of the registered --model on uniform random images (no '
+    'checkpoint or data needed).')
+_BATCH = flags.DEFINE_integer('batch_size', _D.batch_size, 'Images per call.')
+_WORKLOADS = flags.DEFINE_list(
+    'workloads', list(_D.workloads),
+    f'Workloads to run; default all: {",".join(benchmarking.WORKLOADS)}.')
+_REPEATS = flags.DEFINE_integer('repeats', _D.repeats,
+                                'Timed calls per workload after compilation; the median is '
+                                'reported.')
+_SEED = flags.DEFINE_integer('seed', _D.seed, 'PRNG seed.')
+_SG_N = flags.DEFINE_integer('smoothgrad_samples', _D.smoothgrad_samples, 'SmoothGrad N.')
+_SG_CHUNK = flags.DEFINE_integer('smoothgrad_chunk', _D.smoothgrad_chunk,
+                                 f'SmoothGrad noisy copies per image at once (0: all; {_LIB}).')
+_IG_STEPS = flags.DEFINE_integer('ig_steps', _D.ig_steps, 'Integrated Gradients steps.')
+_IG_CHUNK = flags.DEFINE_integer('ig_chunk', _D.ig_chunk,
+                                 f'IG path points per image at once (0: all; {_LIB}).')
+_LIME_N = flags.DEFINE_integer('lime_samples', _D.lime_samples, 'LIME perturbed copies.')
+_LIME_CHUNK = flags.DEFINE_integer('lime_chunk', _D.lime_chunk,
+                                   f'LIME perturbed copies per image at once (0: all; {_LIB}).')
+_ATTACK_STEPS = flags.DEFINE_integer('attack_steps', _D.attack_steps,
+                                     f'num_steps of BIM, PGD and MIM ({_LIB}).')
+_CW_SEARCH = flags.DEFINE_integer('cw_binary_search_steps', _D.cw_binary_search_steps,
+                                  f'Carlini-Wagner constants tried ({_LIB}).')
+_CW_ITERS = flags.DEFINE_integer('cw_max_iterations', _D.cw_max_iterations,
+                                 f'Carlini-Wagner Adam steps per constant ({_LIB}).')
+_DF_ITERS = flags.DEFINE_integer('deepfool_max_iter', _D.deepfool_max_iter,
+                                 f'DeepFool maximum steps ({_LIB}).')
+_PAIRS = flags.DEFINE_integer('metric_pairs', _D.metric_pairs,
+                              'Random 32x32 map pairs for study000_metrics.')
+_REF_PAIRS = flags.DEFINE_integer('reference_pairs', _D.reference_pairs,
+                                  'Pairs the per-pair scipy/skimage reference is timed on '
+                                  '(then extrapolated).')
+_OUTPUT = flags.DEFINE_string('output_dir', None,
+                              'Default: results/benchmark/<model>_b<batch_size>.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                'Offline data directory; default $ADVSAL_DATA_DIR, then tfds.')
+
+
+def main(argv):
+  del argv
+  cfg = benchmarking.BenchmarkConfig(
+      model=_MODEL.value, random_init=_RANDOM_INIT.value, batch_size=_BATCH.value,
+      workloads=tuple(_WORKLOADS.value), repeats=_REPEATS.value, seed=_SEED.value,
+      smoothgrad_samples=_SG_N.value, smoothgrad_chunk=_SG_CHUNK.value,
+      ig_steps=_IG_STEPS.value, ig_chunk=_IG_CHUNK.value, lime_samples=_LIME_N.value,
+      lime_chunk=_LIME_CHUNK.value, attack_steps=_ATTACK_STEPS.value,
+      cw_binary_search_steps=_CW_SEARCH.value, cw_max_iterations=_CW_ITERS.value,
+      deepfool_max_iter=_DF_ITERS.value, metric_pairs=_PAIRS.value,
+      reference_pairs=_REF_PAIRS.value)
+  out = benchmarking.run(cfg, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value)
+  logging.info('Wrote %s', out / 'benchmark.md')
+  print(f'Wrote {out / "benchmark.md"}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,176 @@
+"""advsal_jax.benchmarking and experiments/benchmark.py on toy models (no timing assertions)."""
+
+import inspect
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advsal_jax import benchmarking
+from advsal_jax import saliency
+from advsal_jax.studies import comparison
+
+_SHAPE = (8, 8, 3)
+# Every workload at its smallest: seconds on 2 CPU cores, not a measurement.
+_TINY = dict(batch_size=2, repeats=1, smoothgrad_samples=2, ig_steps=2, ig_chunk=0,
+             lime_samples=4, lime_chunk=2, attack_steps=2, cw_binary_search_steps=1,
+             cw_max_iterations=3, deepfool_max_iter=2, metric_pairs=6, reference_pairs=3)
+
+
+class _GapNet(nn.Module):
+  """conv 'features' -> global average pooling -> dense 'logits': CAM applies."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Conv(4, (3, 3), name='features')(x))
+    return nn.Dense(3, name='logits')(h.mean(axis=(1, 2)))
+
+
+class _FlattenNet(nn.Module):
+  """conv 'features' -> flatten -> dense 'logits': CAM does not apply."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Conv(4, (3, 3), name='features')(x))
+    return nn.Dense(3, name='logits')(h.reshape(h.shape[0], -1))
+
+
+def _subject(module: nn.Module) -> tuple[benchmarking.Subject, np.ndarray]:
+  key_init, key_x = jax.random.split(jax.random.key(0))
+  x = np.asarray(jax.random.uniform(key_x, (2, *_SHAPE)))
+  variables = module.init(key_init, jnp.asarray(x))
+  return benchmarking.Subject(type(module).__name__, module.apply, variables, 'features'), x
+
+
+def _strict_json(path: pathlib.Path):
+  def reject(constant):
+    raise ValueError(f'{path} holds {constant}, which is not JSON.')
+  return json.loads(path.read_text(), parse_constant=reject)
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory):
+  """Every workload on the GAP toy: (records, output dir)."""
+  out = tmp_path_factory.mktemp('bench')
+  subject, x = _subject(_GapNet())
+  cfg = benchmarking.BenchmarkConfig(model='toy', **_TINY)
+  return benchmarking.benchmark(subject, x, cfg, output_dir=out), out
+
+
+def test_a_record_with_finite_positive_numbers_for_every_workload(full_run):
+  records, _ = full_run
+  assert [r['workload'] for r in records] == list(benchmarking.WORKLOADS)
+  assert set(saliency.METHODS) < set(benchmarking.WORKLOADS)
+  for r in records:
+    assert r['status'] == 'ok', r
+    for field in ('items_per_s', 'median_s', 'compile_s', 'xla_bytes', 'xla_temp_bytes',
+                  'process_max_rss_bytes'):
+      assert math.isfinite(r[field]) and r[field] > 0, (r['workload'], field, r[field])
+    assert r['process_max_rss_growth_bytes'] >= 0
+    assert len(r['times_s']) == _TINY['repeats']
+    assert r['items_per_call'] == (_TINY['metric_pairs'] if r['kind'] == 'metrics' else 2)
+
+
+def test_settings_record_the_values_used(full_run):
+  settings = {r['workload']: r['settings'] for r in full_run[0]}
+  sg_default = inspect.signature(saliency.smoothgrad).parameters['batch_size'].default
+  assert settings['smoothgrad'] == {'num_samples': 2, 'batch_size': sg_default}
+  assert settings['integrated_gradients'] == {'num_steps': 2, 'batch_size': None}  # chunk 0
+  assert settings['lime']['batch_size'] == 2 and settings['lime']['num_samples'] == 4
+  assert settings['pgd'] == {'num_steps': 2}
+  assert settings['carlini_wagner_l2'] == {'binary_search_steps': 1, 'max_iterations': 3}
+  assert settings['jsma'] == {'targeted': True}
+  assert settings['cam'] == {'layer': 'features'}
+
+
+def test_metrics_record_compares_with_the_reference(full_run):
+  (r,) = [r for r in full_run[0] if r['workload'] == benchmarking.METRICS_WORKLOAD]
+  assert set(benchmarking.REFERENCE_METRICS) == set(comparison.METRICS)
+  assert r['reference_pairs_timed'] == 3
+  assert r['reference_pairs_per_s'] > 0
+  assert set(r['reference_pairs_per_s_by_metric']) == set(comparison.METRICS)
+  assert r['speedup_vs_reference'] == pytest.approx(r['items_per_s'] / r['reference_pairs_per_s'])
+  for name, diff in r['max_abs_diff_vs_reference'].items():
+    assert diff < 1e-4, name
+
+
+def test_outputs_parse_and_markdown_has_a_row_per_workload(full_run):
+  records, out = full_run
+  assert sorted(p.name for p in out.iterdir()) == ['benchmark.json', 'benchmark.md',
+                                                  'config.json']  # no *.tmp left over
+  config = _strict_json(out / 'config.json')
+  assert config['batch_size'] == 2 and config['model_name'] == '_GapNet'
+  result = _strict_json(out / 'benchmark.json')
+  assert result['records'] == json.loads(json.dumps(records))
+  assert result['environment']['backend'] == jax.default_backend()
+  rows = [line for line in (out / 'benchmark.md').read_text().splitlines()
+          if line.startswith('| ')]
+  assert rows[1].startswith('| ---')
+  assert [row.split(' | ')[0][2:] for row in rows[2:]] == list(benchmarking.WORKLOADS)
+  assert f'**{benchmarking.METRICS_WORKLOAD}**: batched JAX' in (out / 'benchmark.md').read_text()
+
+
+def test_cam_is_skipped_with_the_library_reason(tmp_path):
+  subject, x = _subject(_FlattenNet())
+  cfg = benchmarking.BenchmarkConfig(workloads=('cam', 'forward'), **_TINY)
+  records = benchmarking.benchmark(subject, x, cfg, output_dir=tmp_path)
+  assert [(r['workload'], r['status']) for r in records] == [('forward', 'ok'),
+                                                              ('cam', 'skipped')]
+  assert "dense kernel 'logits'" in records[1]['reason']
+  assert '| cam | saliency | skipped |' in (tmp_path / 'benchmark.md').read_text()
+
+
+def test_write_atomic_replaces_only_a_complete_file(tmp_path, monkeypatch):
+  path = tmp_path / 'out.json'
+  path.write_text('old')
+  real_replace = os.replace
+
+  def replace(src, dst):
+    assert pathlib.Path(dst).read_text() == 'old'  # untouched until the rename
+    assert pathlib.Path(src).read_text() == 'new'
+    real_replace(src, dst)
+
+  monkeypatch.setattr(benchmarking.os, 'replace', replace)
+  benchmarking.write_atomic(path, 'new')
+  assert path.read_text() == 'new'
+  assert [p.name for p in tmp_path.iterdir()] == ['out.json']
+
+
+def test_unknown_workload_raises_before_any_compilation(tmp_path, monkeypatch):
+  def no_jit(*args, **kwargs):
+    raise AssertionError('compiled before validating')
+
+  subject, x = _subject(_GapNet())
+  monkeypatch.setattr(benchmarking.jax, 'jit', no_jit)
+  cfg = benchmarking.BenchmarkConfig(workloads=('forward', 'gradients'), **_TINY)
+  with pytest.raises(ValueError, match=r"--workloads: unknown \['gradients'\]") as e:
+    benchmarking.benchmark(subject, x, cfg, output_dir=tmp_path)
+  assert all(name in str(e.value) for name in benchmarking.WORKLOADS)
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('field,value', [('repeats', 0), ('batch_size', 0), ('ig_chunk', -1),
+                                         ('cw_max_iterations', 0)])
+def test_bad_counts_name_their_flag(field, value):
+  cfg = benchmarking.BenchmarkConfig(**{field: value})
+  with pytest.raises(ValueError, match=f'--{field} must be'):
+    benchmarking.validate(cfg)
+
+
+def test_binary_rejects_unknown_workload_naming_the_flag():
+  root = pathlib.Path(__file__).resolve().parent.parent
+  proc = subprocess.run(
+      [sys.executable, str(root / 'experiments' / 'benchmark.py'), '--random_init',
+       '--model=cnn_mnist', '--workloads=forward,nope', '--batch_size=2'],
+      capture_output=True, text=True, cwd=root, timeout=300, check=False)
+  assert proc.returncode != 0
+  assert "--workloads: unknown ['nope']" in proc.stderr
+  assert 'study000_metrics' in proc.stderr
