@@ -15,16 +15,6 @@ from advsal_jax import training
 # Targets of the project on the full test splits.
 TARGET_ACCURACY = {'alexnet_cifar': 0.85, 'mobilenet_v1_cifar': 0.80,
                    'mobilenet_v2_cifar': 0.80, 'cnn_mnist': 0.992}
-# Known shortfalls, kept visible (strict: the test fails once they are fixed, to drop the mark).
-_SHORTFALL = {
-    'mobilenet_v1_cifar': pytest.mark.xfail(
-        strict=True, reason='8 epochs on 2 CPU cores reached 79.35 %, below the 80 % target'),
-}
-_MISSING = {}
-
-
-def _cases(marks):
-  return [pytest.param(n, marks=marks[n]) if n in marks else n for n in sorted(TARGET_ACCURACY)]
 
 
 def _saved(tmp_path, name='cnn_mnist'):
@@ -63,7 +53,7 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     checkpoints.load(path)
 
 
-@pytest.mark.parametrize('name', _cases(_MISSING))
+@pytest.mark.parametrize('name', sorted(TARGET_ACCURACY))
 def test_committed_checkpoint_metadata(name):
   path = checkpoints.default_dir() / name
   if not path.exists():
@@ -75,7 +65,7 @@ def test_committed_checkpoint_metadata(name):
   assert meta['model'] == name and meta['command'].startswith('python experiments/train.py')
 
 
-@pytest.mark.parametrize('name', _cases(_SHORTFALL))
+@pytest.mark.parametrize('name', sorted(TARGET_ACCURACY))
 def test_committed_checkpoint_reaches_target_on_full_test_split(name, data_dir):
   model, variables, meta = checkpoints.load(name)
   ds = data.load(meta['dataset'], 'test', data_dir=data_dir)
