@@ -7,6 +7,7 @@ from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax import models
+from advsal_jax import parallel
 from advsal_jax import rewrites
 from advsal_jax import saliency
 from advsal_jax import training
@@ -22,6 +23,7 @@ __all__ = [
     'data',
     'metrics',
     'models',
+    'parallel',
     'rewrites',
     'saliency',
     'training',

@@ -114,6 +114,12 @@ def load(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, dict]:
     raise CheckpointError(f'{meta_file} names model {name!r}, not one of {sorted(models.MODELS)}.')
   model = models.create(name)
   abstract = jax.eval_shape(lambda: models.init(name, jax.random.key(0))[1])
+  # Restore onto this process's first device: the saved sharding names the device that wrote
+  # the checkpoint (cpu:0 for the committed ones), which a GPU/TPU host or another process of
+  # a multi-host run does not have.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          abstract)
   orbax_dir = directory / _ORBAX_SUBDIR
   if not orbax_dir.is_dir():
     raise CheckpointError(f'{directory} has metadata but no weights ({orbax_dir} missing).')

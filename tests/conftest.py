@@ -11,6 +11,7 @@ import pytest
 
 from advsal_jax import checkpoints
 from advsal_jax import data
+from advsal_jax import models
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -99,3 +100,16 @@ def checkpoint_saliency_pairs(alexnet_cifar, cifar_first500) -> tuple[np.ndarray
   g = grad(x)
   g_adv = grad(jnp.clip(x + 0.03 * jnp.sign(g), 0, 1))
   return np.asarray(jnp.max(jnp.abs(g), axis=-1)), np.asarray(jnp.max(jnp.abs(g_adv), axis=-1))
+
+
+def random_study_checkpoint(root: pathlib.Path) -> tuple[pathlib.Path, str, str]:
+  """A random-weight alexnet_cifar checkpoint and a tiny official-format CIFAR-10 test split.
+
+  Returns:
+    (root, checkpoint directory, data directory).
+  """
+  write_official_cifar(root / 'data', np.random.default_rng(0), per_batch=4)
+  _, variables = models.init('alexnet_cifar', jax.random.key(0))
+  ckpt = checkpoints.save(root / 'ckpt', model_name='alexnet_cifar', variables=variables,
+                          metadata={'test_accuracy': 0.1, 'dataset': 'cifar10'})
+  return root, str(ckpt), str(root / 'data')

@@ -12,18 +12,13 @@ from advsal_jax import checkpoints
 from advsal_jax import models
 from advsal_jax.studies import comparison
 from advsal_jax.studies import comparison_report
-from conftest import write_official_cifar
+from conftest import random_study_checkpoint
 
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
   """A random-weight alexnet_cifar checkpoint and a tiny official-format CIFAR-10 test split."""
-  root = tmp_path_factory.mktemp('study')
-  write_official_cifar(root / 'data', np.random.default_rng(0), per_batch=4)
-  _, variables = models.init('alexnet_cifar', jax.random.key(0))
-  ckpt = checkpoints.save(root / 'ckpt', model_name='alexnet_cifar', variables=variables,
-                          metadata={'test_accuracy': 0.1, 'dataset': 'cifar10'})
-  return root, str(ckpt), str(root / 'data')
+  return random_study_checkpoint(tmp_path_factory.mktemp('study'))
 
 
 def _cfg(ckpt, **kw):

@@ -28,6 +28,7 @@ from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax import models
+from advsal_jax import parallel
 from advsal_jax import saliency
 from advsal_jax.types import ApplyFn, Params
 
@@ -201,6 +202,40 @@ def compare_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Ar
   return out
 
 
+def make_step(apply_fn: ApplyFn, mesh: jax.sharding.Mesh, *, cfg: ComparisonConfig, layer: str,
+              num_classes: int) -> Callable[..., dict[str, jax.Array]]:
+  """``compare_batch`` jitted and data-parallel over ``mesh``.
+
+  Every device runs ``compare_batch`` on its own ``B / num_devices`` images (``shard_map``):
+  the pipeline is per-image (SmoothGrad's noise is keyed by test index), so the results are
+  those of one device, without the all-gathers XLA inserts when it partitions the
+  ``[V, B] -> [V * B]`` reshapes itself. With one device it is ``jax.jit(compare_batch)``.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
+    mesh: from ``parallel.data_mesh``.
+    cfg, layer, num_classes: as in ``compare_batch``.
+
+  Returns:
+    ``step(params, x, index, eps_untargeted, eps_targeted)`` with ``compare_batch``'s
+    arguments and outputs; x and index hold B images, B a multiple of the device count, and
+    are best placed with ``parallel.shard_batch``, params and budgets with
+    ``parallel.replicate``.
+  """
+  def batch_major(params, x, index, eps_untargeted, eps_targeted):
+    out = compare_batch(apply_fn, params, x, index, eps_untargeted, eps_targeted, cfg=cfg,
+                        layer=layer, num_classes=num_classes)
+    return {k: jnp.moveaxis(v, -1, 0) for k, v in out.items()}
+
+  sharded = parallel.data_parallel(batch_major, mesh, batched=(False, True, True, False, False))
+
+  def step(params, x, index, eps_untargeted, eps_targeted):
+    out = sharded(params, x, index, eps_untargeted, eps_targeted)
+    return {k: jnp.moveaxis(v, 0, -1) for k, v in out.items()}
+
+  return jax.jit(step)
+
+
 def example_maps(apply_fn: ApplyFn, params: Params, x: jax.Array, eps: jax.Array, *,
                  cfg: ComparisonConfig, layer: str, index: int) -> dict[str, Any]:
   """Maps of one image and its untargeted adversarials (Figure 1/3).
@@ -234,12 +269,37 @@ def shard_path(output_dir: pathlib.Path, start: int) -> pathlib.Path:
   return output_dir / 'shards' / f'batch_{start:06d}.npz'
 
 
+def _existing_run_problem(out: pathlib.Path, config: dict, resume: bool) -> int:
+  """0 if ``out`` may hold this run, 1 if it holds a run and not ``resume``, 2 if another one."""
+  if not (out / 'config.json').exists():
+    return 0
+  if not resume:
+    return 1
+  old = json.loads((out / 'config.json').read_text())
+  return 0 if old == json.loads(json.dumps(config)) else 2
+
+
 def run(cfg: ComparisonConfig, *, output_dir: str | os.PathLike, data_dir: str | None = None,
-        resume: bool = False) -> pathlib.Path:
+        resume: bool = False, mesh: jax.sharding.Mesh | None = None) -> pathlib.Path:
   """Runs the comparison over the first ``cfg.num_examples`` test images.
 
   Each finished batch is written atomically to ``output_dir/shards/``; with ``resume`` a
   killed run skips the batches already on disk (the settings must be the same).
+
+  Every batch is split over the devices of ``mesh`` (data parallel, params replicated). When
+  ``cfg.batch_size`` is not a multiple of the device count the batch is padded up to the next
+  multiple by repeating its last image (as the last batch of the split always is) and the
+  padded rows are dropped: the results do not depend on the device count, so a run may be
+  resumed on another machine. In a multi-process run (``jax.distributed``) every process
+  loads the checkpoint and the data and computes its devices' share; only process 0 checks
+  and writes ``output_dir`` and the others follow its view of it.
+
+  Args:
+    cfg: the settings.
+    output_dir: where ``config.json`` and ``shards/`` go.
+    data_dir: the offline data directory (default ``$ADVSAL_DATA_DIR``, then tfds).
+    resume: continue a run already in ``output_dir``.
+    mesh: default ``parallel.data_mesh()``, every device of every process.
 
   Returns:
     ``output_dir``.
@@ -251,41 +311,49 @@ def run(cfg: ComparisonConfig, *, output_dir: str | os.PathLike, data_dir: str |
   model, variables, meta = checkpoints.load(cfg.checkpoint)
   test = data.load(meta['dataset'], 'test', data_dir=data_dir)
   validate(cfg, split_size=len(test.labels))
+  mesh = parallel.data_mesh() if mesh is None else mesh
+  writer = jax.process_index() == 0
   out = pathlib.Path(output_dir)
   config = {**dataclasses.asdict(cfg), 'model': meta['model'],
             'checkpoint_test_accuracy': meta['test_accuracy'], 'class_names': test.class_names}
-  if (out / 'config.json').exists():
-    old = json.loads((out / 'config.json').read_text())
-    if not resume:
-      raise ValueError(f'{out} already holds a run; pass resume=True (--resume) to continue it '
-                       'or choose another output directory.')
-    if old != json.loads(json.dumps(config)):
-      raise ValueError(f'Cannot resume {out}: its config.json differs from these settings.')
-  (out / 'shards').mkdir(parents=True, exist_ok=True)
-  _write_atomic(out / 'config.json', lambda f: f.write(json.dumps(config, indent=2)), 'w')
+  problem = _existing_run_problem(out, config, resume) if writer else 0
+  problem = int(parallel.broadcast_from_process0(np.int32(problem)))
+  if problem == 1:
+    raise ValueError(f'{out} already holds a run; pass resume=True (--resume) to continue it '
+                     'or choose another output directory.')
+  if problem == 2:
+    raise ValueError(f'Cannot resume {out}: its config.json differs from these settings.')
+  if writer:
+    (out / 'shards').mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / 'config.json', lambda f: f.write(json.dumps(config, indent=2)), 'w')
 
   layer = meta.get('last_conv') or models.get_spec(meta['model']).last_conv
   k = int(jax.eval_shape(model.apply, variables, jnp.zeros((1, *test.images.shape[1:]))).shape[-1])
-  eps_u = jnp.asarray(np.stack([eps_per_channel(e, cfg, model.std) for e in cfg.untargeted_eps]))
-  eps_t = jnp.asarray(eps_per_channel(cfg.targeted_eps, cfg, model.std))
-  step = jax.jit(functools.partial(compare_batch, model.apply, cfg=cfg, layer=layer,
-                                   num_classes=k))
+  eps_u = np.stack([eps_per_channel(e, cfg, model.std) for e in cfg.untargeted_eps])
+  eps_t = eps_per_channel(cfg.targeted_eps, cfg, model.std)
+  params, eps_u, eps_t = parallel.replicate((variables, eps_u, eps_t), mesh)
+  step = make_step(model.apply, mesh, cfg=cfg, layer=layer, num_classes=k)
+  padded = parallel.padded_size(cfg.batch_size, mesh)
   starts = list(range(0, cfg.num_examples, cfg.batch_size))
-  todo = [s for s in starts if not shard_path(out, s).exists()]
-  logging.info('%d of %d batches to do (%d images each) in %s', len(todo), len(starts),
-               cfg.batch_size, out)
+  finished = np.array([writer and shard_path(out, s).exists() for s in starts], np.int32)
+  finished = parallel.broadcast_from_process0(finished)
+  todo = [s for s, f in zip(starts, finished) if not f]
+  logging.info('%d of %d batches to do (%d images each, %d devices) in %s', len(todo),
+               len(starts), cfg.batch_size, parallel.num_shards(mesh), out)
   t0, done_images = time.time(), 0
   for i, start in enumerate(todo):
     stop = min(start + cfg.batch_size, cfg.num_examples)
-    idx = np.arange(start, start + cfg.batch_size)
-    idx = np.minimum(idx, stop - 1)  # Pad the last batch by repetition: one compilation.
+    idx = np.arange(start, start + padded)
+    idx = np.minimum(idx, stop - 1)  # Pad by repetition: one compilation, whole shards.
     t = time.time()
-    res = jax.device_get(step(variables, data.to_float(test.images[idx]),
-                              jnp.asarray(idx, jnp.int32), eps_u, eps_t))
+    x, index = parallel.shard_batch((data.to_float(test.images[idx]), idx.astype(np.int32)),
+                                    mesh)
+    res = parallel.to_host(step(params, x, index, eps_u, eps_t))
     n = stop - start
     arrays = {key: np.asarray(val)[..., :n] for key, val in res.items()}
     arrays.update(index=idx[:n], label=test.labels[idx[:n]], seconds=np.float64(time.time() - t))
-    _write_atomic(shard_path(out, start), lambda f: np.savez(f, **arrays))
+    if writer:
+      _write_atomic(shard_path(out, start), lambda f: np.savez(f, **arrays))
     done_images += n
     rate = done_images / (time.time() - t0)
     remaining = sum(min(s + cfg.batch_size, cfg.num_examples) - s for s in todo[i + 1:])
@@ -294,8 +362,15 @@ def run(cfg: ComparisonConfig, *, output_dir: str | os.PathLike, data_dir: str |
   return out
 
 
-def finalize(output_dir: str | os.PathLike, *, data_dir: str | None = None) -> pathlib.Path:
+def finalize(output_dir: str | os.PathLike, *, data_dir: str | None = None,
+             model_and_variables: tuple[Any, Params] | None = None) -> pathlib.Path:
   """Writes the per-example CSV/npz, ``summary.json``, the figures and ``report.md``.
+
+  Args:
+    output_dir: a finished ``run``'s directory.
+    data_dir: as in ``run``.
+    model_and_variables: the run's checkpoint, already loaded; default loads it. A
+      multi-process run must pass it: orbax loads collectively, and only process 0 finalizes.
 
   Returns:
     The path of ``report.md``.
@@ -327,7 +402,7 @@ def finalize(output_dir: str | os.PathLike, *, data_dir: str | None = None) -> p
               for meth in cfg.methods} for m in cfg.metrics}
   viz.bars_by_class(names, bars, out / 'figure4_by_target.png')
   # Figure 1/3: the first image, clean and at three budgets of the sweep.
-  model, variables, _ = checkpoints.load(cfg.checkpoint)
+  model, variables = model_and_variables or checkpoints.load(cfg.checkpoint)[:2]
   test = data.load(config_dataset(config), 'test', data_dir=data_dir)
   picks = sorted({0, len(eps) // 2, len(eps) - 1})
   e_pix = jnp.asarray(np.stack([eps_per_channel(eps[i], cfg, model.std) for i in picks]))
