@@ -9,21 +9,15 @@ import pytest
 
 from advsal_jax import attacks
 
+from conftest import tanh_mlp as _apply_fn, tanh_mlp_params
+
 _B, _H, _W, _C, _K = 3, 4, 4, 2, 3
 _F = _H * _W * _C
 
 
-def _apply_fn(params, x):
-  """A tiny non-linear classifier: tanh features then a linear read-out."""
-  h = jnp.tanh(x.reshape(x.shape[0], -1) @ params['w1'])
-  return h @ params['w2'] + params['b']
-
 
 def _params():
-  rng = np.random.default_rng(0)
-  return {'w1': jnp.asarray(rng.normal(size=(_F, 8)), jnp.float32),
-          'w2': jnp.asarray(rng.normal(size=(8, _K)) * 2, jnp.float32),
-          'b': jnp.zeros((1, _K), jnp.float32)}
+  return tanh_mlp_params(_F, _K)
 
 
 # Every exported attack with the extra keyword arguments it needs in this test (small budgets so

@@ -11,25 +11,16 @@ import pytest
 
 from advsal_jax import attacks
 
+from conftest import linear_apply as _linear, tanh_mlp as _mlp, tanh_mlp_params
+
 _B, _H, _W, _C, _K = 3, 4, 4, 2, 3
 _F = _H * _W * _C
 _BOUNDS = (-1.0, 0.5)
 
 
-def _mlp(params, x):
-  h = jnp.tanh(x.reshape(x.shape[0], -1) @ params['w1'])
-  return h @ params['w2'] + params['b']
-
 
 def _params():
-  rng = np.random.default_rng(0)
-  return {'w1': jnp.asarray(rng.normal(size=(_F, 8)), jnp.float32),
-          'w2': jnp.asarray(rng.normal(size=(8, _K)) * 2, jnp.float32),
-          'b': jnp.zeros((1, _K), jnp.float32)}
-
-
-def _linear(params, x):
-  return x.reshape(x.shape[0], -1) @ params['w'] + params['b']
+  return tanh_mlp_params(_F, _K)
 
 
 @functools.cache

@@ -8,12 +8,10 @@ import pytest
 
 from advsal_jax import attacks
 
+from conftest import linear_apply as _linear
+
 _B, _H, _W, _C, _K = 4, 3, 3, 2, 3
 _F = _H * _W * _C
-
-
-def _linear(params, x):
-  return x.reshape(x.shape[0], -1) @ params['w'] + params['b']
 
 
 @pytest.fixture

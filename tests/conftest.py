@@ -113,3 +113,22 @@ def random_study_checkpoint(root: pathlib.Path) -> tuple[pathlib.Path, str, str]
   ckpt = checkpoints.save(root / 'ckpt', model_name='alexnet_cifar', variables=variables,
                           metadata={'test_accuracy': 0.1, 'dataset': 'cifar10'})
   return root, str(ckpt), str(root / 'data')
+
+
+def linear_apply(params, x):
+  """A linear classifier ``flatten(x) @ w + b`` (closed-form gradients): logits f32[B,K]."""
+  return x.reshape(x.shape[0], -1) @ params['w'] + params['b']
+
+
+def tanh_mlp(params, x):
+  """A tiny non-linear classifier, tanh features then a linear read-out: logits f32[B,K]."""
+  h = jnp.tanh(x.reshape(x.shape[0], -1) @ params['w1'])
+  return h @ params['w2'] + params['b']
+
+
+def tanh_mlp_params(num_features: int, num_classes: int) -> dict[str, jax.Array]:
+  """Fixed (seed 0) weights of ``tanh_mlp`` with 8 hidden units."""
+  rng = np.random.default_rng(0)
+  return {'w1': jnp.asarray(rng.normal(size=(num_features, 8)), jnp.float32),
+          'w2': jnp.asarray(rng.normal(size=(8, num_classes)) * 2, jnp.float32),
+          'b': jnp.zeros((1, num_classes), jnp.float32)}
