@@ -15,7 +15,6 @@ _B, _H, _W, _C, _K = 3, 4, 4, 2, 3
 _F = _H * _W * _C
 
 
-
 def _params():
   return tanh_mlp_params(_F, _K)
 
