@@ -1,5 +1,6 @@
 """Shared pytest fixtures: strict JAX config, real data and the committed checkpoints."""
 
+import functools
 import os
 import pathlib
 import pickle
@@ -132,3 +133,31 @@ def tanh_mlp_params(num_features: int, num_classes: int) -> dict[str, jax.Array]
   return {'w1': jnp.asarray(rng.normal(size=(num_features, 8)), jnp.float32),
           'w2': jnp.asarray(rng.normal(size=(8, num_classes)) * 2, jnp.float32),
           'b': jnp.zeros((1, num_classes), jnp.float32)}
+
+
+class CompileCounter:
+  """Counts traces of the functions it wraps and XLA compilations while registered."""
+
+  def __init__(self):
+    self.traces = 0
+    self.compiles = 0
+
+  def wrap(self, fn):
+    @functools.wraps(fn)
+    def counted(*args, **kwargs):
+      self.traces += 1  # Runs while tracing only; a cached executable skips it.
+      return fn(*args, **kwargs)
+    return counted
+
+  def __call__(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      self.compiles += 1
+
+
+@pytest.fixture
+def compile_counter():
+  c = CompileCounter()
+  jax.monitoring.register_event_duration_secs_listener(c)
+  yield c
+  jax.monitoring.unregister_event_duration_listener(c)

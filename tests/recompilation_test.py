@@ -6,7 +6,6 @@ values of the same shapes and dtypes, and counts traces (a Python side effect th
 while tracing) and XLA compilations (``jax.monitoring``) during the later calls.
 """
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -21,34 +20,6 @@ from advsal_jax import parallel
 from advsal_jax import saliency
 from advsal_jax.studies import comparison
 from conftest import write_official_cifar
-
-
-class _Counter:
-  """Counts traces of the functions it wraps and XLA compilations while registered."""
-
-  def __init__(self):
-    self.traces = 0
-    self.compiles = 0
-
-  def wrap(self, fn):
-    @functools.wraps(fn)
-    def counted(*args, **kwargs):
-      self.traces += 1  # Runs while tracing only; a cached executable skips it.
-      return fn(*args, **kwargs)
-    return counted
-
-  def __call__(self, event, duration, **kwargs):
-    del duration, kwargs
-    if event == '/jax/core/compile/backend_compile_duration':
-      self.compiles += 1
-
-
-@pytest.fixture
-def counter():
-  c = _Counter()
-  jax.monitoring.register_event_duration_secs_listener(c)
-  yield c
-  jax.monitoring.unregister_event_duration_listener(c)
 
 
 class _Tiny(nn.Module):
@@ -72,15 +43,15 @@ def _inputs(seed):
   return x, jnp.asarray(rng.integers(0, 3, 4), jnp.int32)
 
 
-def _assert_compiled_once(fn, counter, calls):
+def _assert_compiled_once(fn, compile_counter, calls):
   """``fn(*args)`` for every args in ``calls``: the first traces and compiles, the rest reuse it."""
-  jitted = jax.jit(counter.wrap(fn))
+  jitted = jax.jit(compile_counter.wrap(fn))
   first = jitted(*calls[0])
   jax.block_until_ready(first)
-  assert counter.traces == 1
-  traces, compiles = counter.traces, counter.compiles
+  assert compile_counter.traces == 1
+  traces, compiles = compile_counter.traces, compile_counter.compiles
   outs = [jax.block_until_ready(jitted(*args)) for args in calls[1:]]
-  assert (counter.traces - traces, counter.compiles - compiles) == (0, 0)
+  assert (compile_counter.traces - traces, compile_counter.compiles - compiles) == (0, 0)
   # The later calls really used their new values.
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first),
                                                       jax.tree.leaves(outs[0])))
@@ -96,13 +67,13 @@ _SALIENCY = {
 
 
 @pytest.mark.parametrize('name', sorted(_SALIENCY))
-def test_saliency_compiles_once_for_new_params_keys_and_settings(name, counter):
+def test_saliency_compiles_once_for_new_params_keys_and_settings(name, compile_counter):
   x, y = _inputs(0)
   x2, y2 = _inputs(1)
   calls = [(_params(0), x, y, jax.random.key(0), jnp.float32(0.1)),
            (_params(1), x, y, jax.random.key(0), jnp.float32(0.1)),
            (_params(1), x2, y2, jax.random.key(5), jnp.float32(0.3))]
-  _assert_compiled_once(_SALIENCY[name], counter, calls)
+  _assert_compiled_once(_SALIENCY[name], compile_counter, calls)
 
 
 _ATTACKS = {
@@ -116,31 +87,31 @@ _ATTACKS = {
 
 @pytest.mark.parametrize('budget', [jnp.float32, float], ids=['array', 'python_float'])
 @pytest.mark.parametrize('name', sorted(_ATTACKS))
-def test_attacks_compile_once_for_new_params_and_budgets(name, budget, counter):
+def test_attacks_compile_once_for_new_params_and_budgets(name, budget, compile_counter):
   # Python floats are weakly typed scalars: their values are traced as well.
   x, y = _inputs(0)
   calls = [(_params(0), x, y, jax.random.key(0), budget(0.05), budget(0.02)),
            (_params(1), x, y, jax.random.key(0), budget(0.05), budget(0.02)),
            (_params(1), x, y, jax.random.key(1), budget(0.2), budget(0.1))]
-  _assert_compiled_once(_ATTACKS[name], counter, calls)
+  _assert_compiled_once(_ATTACKS[name], compile_counter, calls)
 
 
-def test_the_counters_see_a_recompilation(counter):
+def test_the_counters_see_a_recompilation(compile_counter):
   """Control: a budget bound as a static argument recompiles for each new value."""
   x, y = _inputs(0)
-  fgsm = jax.jit(counter.wrap(lambda p, x, y, eps: attacks.fgsm(_MODEL.apply, p, x, y, eps=eps)),
+  fgsm = jax.jit(compile_counter.wrap(lambda p, x, y, eps: attacks.fgsm(_MODEL.apply, p, x, y, eps=eps)),
                  static_argnums=3)
   for eps in (0.05, 0.1):
     jax.block_until_ready(fgsm(_params(0), x, y, eps))
-  assert counter.traces == 2 and counter.compiles >= 2
+  assert compile_counter.traces == 2 and compile_counter.compiles >= 2
 
 
 _SMALL = dict(num_examples=3, batch_size=2, untargeted_eps=(0.2, 1.0), smoothgrad_samples=2,
               methods=('smoothgrad', 'grad_cam'), metrics=('spearman',))
 
 
-def test_study_000_step_compiles_once_for_new_params_and_budgets(counter, monkeypatch):
-  monkeypatch.setattr(comparison, 'compare_batch', counter.wrap(comparison.compare_batch))
+def test_study_000_step_compiles_once_for_new_params_and_budgets(compile_counter, monkeypatch):
+  monkeypatch.setattr(comparison, 'compare_batch', compile_counter.wrap(comparison.compare_batch))
   model, v0 = models.init('alexnet_cifar', jax.random.key(0))
   _, v1 = models.init('alexnet_cifar', jax.random.key(1))
   cfg = comparison.ComparisonConfig(**_SMALL)
@@ -154,24 +125,24 @@ def test_study_000_step_compiles_once_for_new_params_and_budgets(counter, monkey
     return (np.full((2, 3), 0.01, np.float32) * scale, np.full((3,), 0.02, np.float32) * scale)
 
   first = jax.device_get(step(v0, x, index, *eps(1)))
-  assert counter.traces == 1
-  traces, compiles = counter.traces, counter.compiles
+  assert compile_counter.traces == 1
+  traces, compiles = compile_counter.traces, compile_counter.compiles
   second = jax.device_get(step(v1, x, index, *eps(1)))
   third = jax.device_get(step(v1, x, index + 5, *eps(3)))
-  assert (counter.traces - traces, counter.compiles - compiles) == (0, 0)
+  assert (compile_counter.traces - traces, compile_counter.compiles - compiles) == (0, 0)
   assert not np.array_equal(first['linf'], third['linf'])
   assert not np.array_equal(first['smoothgrad/spearman'], second['smoothgrad/spearman'])
 
 
-def test_study_000_run_compiles_once_for_every_batch(counter, monkeypatch, tmp_path):
+def test_study_000_run_compiles_once_for_every_batch(compile_counter, monkeypatch, tmp_path):
   """Two batches, the last one padded: ``run`` traces ``compare_batch`` once."""
   write_official_cifar(tmp_path / 'data', np.random.default_rng(0), per_batch=4)
   _, variables = models.init('alexnet_cifar', jax.random.key(0))
   ckpt = checkpoints.save(tmp_path / 'ckpt', model_name='alexnet_cifar', variables=variables,
                           metadata={'test_accuracy': 0.1, 'dataset': 'cifar10'})
-  monkeypatch.setattr(comparison, 'compare_batch', counter.wrap(comparison.compare_batch))
+  monkeypatch.setattr(comparison, 'compare_batch', compile_counter.wrap(comparison.compare_batch))
   out = tmp_path / 'run'
   comparison.run(comparison.ComparisonConfig(checkpoint=str(ckpt), **_SMALL), output_dir=out,
                  data_dir=str(tmp_path / 'data'))
   assert len(list((out / 'shards').glob('*.npz'))) == 2
-  assert counter.traces == 1
+  assert compile_counter.traces == 1
