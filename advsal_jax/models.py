@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import rewrites
+
 # Per-channel statistics of the training splits (0-1 scale), see the datasets' READMEs.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -99,6 +101,19 @@ class DepthwiseConv(nn.Module):
     return out
 
 
+def conv_padding_odd_features(lhs: jax.Array, rhs: jax.Array, *args,
+                              dimension_numbers, **kwargs) -> jax.Array:
+  """``lax.conv_general_dilated`` with 3, 5 or 7 input features zero-padded to a multiple of 4.
+
+  The ``conv_general_dilated`` of this package's ``nn.Conv`` layers: the same sum, several
+  times faster on XLA:CPU for an RGB input (``rewrites.pad_odd_input_features``). The
+  parameters keep their shapes.
+  """
+  dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  lhs, rhs = rewrites.pad_odd_input_features(lhs, rhs, {'dimension_numbers': dn})
+  return jax.lax.conv_general_dilated(lhs, rhs, *args, dimension_numbers=dn, **kwargs)
+
+
 class ConvBlock(nn.Module):
   """Conv (+ BatchNorm) + ReLU; the module's output is the post-ReLU activation."""
   features: int
@@ -112,7 +127,8 @@ class ConvBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.groups == 1:
       x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.strides,
-                  padding='SAME', use_bias=not self.batch_norm, name='conv')(x)
+                  padding='SAME', use_bias=not self.batch_norm, name='conv',
+                  conv_general_dilated=conv_padding_odd_features)(x)
     elif self.groups == x.shape[-1] == self.features:
       x = DepthwiseConv(self.kernel, self.strides, name='conv')(x)
     else:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from advsal_jax import rewrites
 from advsal_jax.attacks import objectives
 from advsal_jax.attacks import projections
 from advsal_jax.types import ApplyFn, Params
@@ -89,9 +90,11 @@ def carlini_wagner_l2(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike
   check_every = max(max_iterations // 10, 1)
   axes = tuple(range(1, x.ndim))
 
+  fast_apply = rewrites.fast_gradients(apply_fn)
+
   def loss_fn(w, const):
     x_adv = to_image(w)
-    logits = apply_fn(params, x_adv)
+    logits = fast_apply(params, x_adv)
     l2sq = jnp.sum(jnp.square(x_adv - x), axis=axes)
     per_example = l2sq + const * jnp.maximum(-fn(logits, labels), -kappa)
     return jnp.sum(per_example), (x_adv, logits, l2sq)

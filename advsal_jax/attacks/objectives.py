@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from advsal_jax import rewrites
 from advsal_jax.types import ApplyFn, Params
 
 Objective = Callable[[jax.Array, jax.Array], jax.Array]
@@ -137,4 +138,5 @@ def input_gradient(apply_fn: ApplyFn, params: Params, x: jax.Array, labels: jax.
   Returns:
     f32[B, H, W, C].
   """
+  apply_fn = rewrites.fast_gradients(apply_fn)
   return jax.grad(lambda xa: jnp.sum(fn(apply_fn(params, xa), labels)))(x)

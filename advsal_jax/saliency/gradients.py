@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import rewrites
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 
@@ -154,6 +155,7 @@ def gradient(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   check_inputs(apply_fn, params, x, target)
   x = jnp.asarray(x)
   target = jnp.asarray(target)
+  apply_fn = rewrites.fast_gradients(apply_fn)
   return jax.grad(lambda xx: target_logits(apply_fn, params, xx, target).sum())(x)
 
 

@@ -98,7 +98,7 @@ def with_guided_relu(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _guided_map(apply_fn, params, x, target):
-  guided_apply = with_guided_relu(apply_fn)
+  guided_apply = with_guided_relu(rewrites.fast_gradients(apply_fn))
   return jax.grad(lambda xx: gradients.target_logits(guided_apply, params, xx, target).sum())(x)
 
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import rewrites
 from advsal_jax.saliency import gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
@@ -92,6 +93,7 @@ def integrated_gradients(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
     baseline = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
   delta = x - baseline
   batch = x.shape[0]
+  fast_apply = rewrites.fast_gradients(apply_fn)
 
   def chunk_sum(items, valid):
     a, w = items
@@ -99,7 +101,7 @@ def integrated_gradients(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
     a5 = a.reshape(c, 1, 1, 1, 1)
     points = (baseline[None] + a5 * delta[None]).reshape(c * batch, *x.shape[1:])
     t = jnp.tile(target, c)
-    grads = jax.grad(lambda p: gradients.target_logits(apply_fn, params, p, t).sum())(points)
+    grads = jax.grad(lambda p: gradients.target_logits(fast_apply, params, p, t).sum())(points)
     return jnp.einsum('c,cbhwk->bhwk', w * valid, grads.reshape(c, *x.shape))
 
   path_integral = gradients.chunked_sum(
