@@ -5,6 +5,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from advsal_jax import rewrites
+from advsal_jax.attacks import loops
 from advsal_jax.attacks import objectives
 from advsal_jax.attacks import projections
 from advsal_jax.types import ApplyFn, Params
@@ -26,8 +28,9 @@ def deepfool(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   w_l``; the accumulated ``r_tot`` gives ``x_adv = clip(x + (1 + overshoot) * r_tot)``. All
   candidate gradients of a step come from one vjp evaluated on a batch of ``num_classes``
   cotangents (``vmap`` of the vjp). Examples stop updating once fooled; the loop exits when all
-  are fooled or after ``max_iter`` steps. The reference implementation adds 1e-4 to each step
-  length; here the overshoot alone pushes the iterate across the boundary, so a linear
+  are fooled or after ``max_iter`` steps, and runs on ever smaller batches as examples finish
+  (``loops.shrinking_while_loop``), so a few hard examples do not keep the whole batch busy.
+  The reference implementation adds 1e-4 to each step length; here the overshoot alone pushes the iterate across the boundary, so a linear
   classifier is fooled in exactly one step of ``(1 + overshoot)`` times the minimal
   perturbation.
 
@@ -67,44 +70,49 @@ def deepfool(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   num_classes = min(num_classes, k_model)
   x = jnp.asarray(x)
   labels = jnp.asarray(labels)
+  batch = x.shape[0]
   m = projections.prepare_mask(mask, x)
-  scale = 1.0 + projections.per_example(overshoot, x)
+  scale = jnp.broadcast_to(1.0 + projections.per_example(overshoot, x),
+                           (batch,) + (1,) * (x.ndim - 1))
   axes = tuple(range(1, x.ndim))
-  forward = lambda xa: apply_fn(params, xa)
-  done = lambda logits: objectives.succeeded(logits, labels, targeted=targeted)
+  fast_apply = rewrites.fast_gradients(apply_fn)
+  forward = lambda xa: fast_apply(params, xa)
 
   logits0 = forward(x)
-  if not targeted:
+  if targeted:
+    candidates = labels[:, None]  # Unused: the target is the only candidate.
+  else:
     others = jnp.where(jax.nn.one_hot(labels, k_model, dtype=bool), -jnp.inf, logits0)
     candidates = jax.lax.top_k(others, num_classes - 1)[1]
 
-  def cond(state):
-    it, _, _, logits = state
-    return (it < max_iter) & jnp.any(~done(logits))
+  def active(carry, consts):
+    return ~objectives.succeeded(carry[2], consts[1], targeted=targeted)
 
-  def body(state):
-    it, r_tot, x_adv, logits = state
-    active = ~done(logits)
+  def body(carry, consts):
+    r_tot, x_adv, logits = carry
+    x0, lab, cand, m_b, scale_b = consts
+    go = active(carry, consts)
     if targeted:
-      classes = jnp.stack([jnp.argmax(logits, axis=-1), labels], axis=1)
+      classes = jnp.stack([jnp.argmax(logits, axis=-1), lab], axis=1)
     else:
-      classes = jnp.concatenate([labels[:, None], candidates], axis=1)
+      classes = jnp.concatenate([lab[:, None], cand], axis=1)
     _, vjp = jax.vjp(forward, x_adv)
-    cotangents = jax.nn.one_hot(classes.T, k_model, dtype=logits.dtype)  # [n, B, K]
-    grads = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # [n, B, H, W, C]
-    w = (grads[1:] - grads[:1]) * m[None]  # [n-1, B, H, W, C]
+    cotangents = jax.nn.one_hot(classes.T, k_model, dtype=logits.dtype)  # [n, b, K]
+    grads = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # [n, b, H, W, C]
+    w = (grads[1:] - grads[:1]) * m_b[None]  # [n-1, b, H, W, C]
     z = jnp.take_along_axis(logits, classes, axis=1)
-    f = (z[:, 1:] - z[:, :1]).T  # [n-1, B]
-    w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=tuple(a + 1 for a in axes)))  # [n-1, B]
-    nearest = jnp.argmin(jnp.abs(f) / (w_norm + _TINY), axis=0)  # [B]
+    f = (z[:, 1:] - z[:, :1]).T  # [n-1, b]
+    w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=tuple(a + 1 for a in axes)))  # [n-1, b]
+    nearest = jnp.argmin(jnp.abs(f) / (w_norm + _TINY), axis=0)  # [b]
     w_l = jnp.take_along_axis(w, nearest[None, :, None, None, None], axis=0)[0]
     f_l = jnp.take_along_axis(f, nearest[None], axis=0)[0]
     n_l = jnp.take_along_axis(w_norm, nearest[None], axis=0)[0]
-    step = jnp.abs(f_l) / (jnp.square(n_l) + _TINY) * active
-    r_tot = r_tot + projections.per_example(step, x) * w_l
-    x_adv = projections.clip_to_bounds(x + scale * r_tot, bounds)
-    return it + 1, r_tot, x_adv, forward(x_adv)
+    step = jnp.abs(f_l) / (jnp.square(n_l) + _TINY) * go
+    r_tot = r_tot + step.reshape(scale_b.shape) * w_l
+    x_adv = projections.clip_to_bounds(x0 + scale_b * r_tot, bounds)
+    return r_tot, x_adv, forward(x_adv)
 
-  state = (jnp.int32(0), jnp.zeros_like(x), x, logits0)
-  _, _, x_adv, _ = jax.lax.while_loop(cond, body, state)
+  carry = (jnp.zeros_like(x), x, logits0)
+  consts = (x, labels, candidates, m, scale)
+  _, x_adv, _ = loops.shrinking_while_loop(body, active, carry, consts, max_iter=max_iter)
   return x_adv

@@ -5,6 +5,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from advsal_jax import rewrites
+from advsal_jax.attacks import loops
 from advsal_jax.attacks import objectives
 from advsal_jax.attacks import projections
 from advsal_jax.types import ApplyFn, Params
@@ -38,7 +40,8 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   Both features move by ``theta * (high - low)`` (clipped to bounds) and leave the search
   domain (each feature is changed at most once, as in cleverhans). An example stops when the
   target has the largest logit, when another pair would change more than ``gamma * F``
-  features, or when fewer than two features remain; the loop exits when every example stopped.
+  features, or when fewer than two features remain; the loop exits when every example stopped, running on ever smaller batches as examples stop
+  (``loops.shrinking_while_loop``).
 
   Defaults: theta = 1, gamma = 0.1 (cleverhans; Papernot et al. use gamma = 14.5 % on MNIST),
   softmax outputs. On the committed MNIST CNN (first 100 test images, gamma 14.5 %, random
@@ -88,7 +91,8 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   n_features = x[0].size
   k = min(num_candidates, n_features)
   k_model = projections.num_classes(apply_fn, params, x)
-  forward = lambda flat: apply_fn(params, flat.reshape(shape))
+  fast_apply = rewrites.fast_gradients(apply_fn)
+  forward = lambda flat: fast_apply(params, flat.reshape(-1, *shape[1:]))
   differentiated = lambda flat: _OUTPUTS[output](forward(flat))
   theta = jnp.broadcast_to(jnp.asarray(theta, x.dtype), (batch,))
   increase = theta > 0
@@ -96,34 +100,33 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   flat0 = x.reshape(batch, -1)
   masked_in = projections.prepare_mask(mask, x).reshape(batch, -1) > 0
   domain0 = masked_in & jnp.where(increase[:, None], flat0 < hi, flat0 > lo)
-  cotangents = jnp.stack([jax.nn.one_hot(labels, k_model, dtype=x.dtype),
-                          1.0 - jax.nn.one_hot(labels, k_model, dtype=x.dtype)])
   off_diagonal = ~jnp.eye(k, dtype=bool)[None]
 
-  def active(logits, domain, changed):
-    return (~objectives.succeeded(logits, labels, targeted=True) & (changed + 2 <= budget)
+  def active(carry, consts):
+    _, domain, changed, logits = carry
+    lab, _, budget_b = consts
+    return (~objectives.succeeded(logits, lab, targeted=True) & (changed + 2 <= budget_b)
             & (jnp.sum(domain, axis=1) >= 2))
 
-  def cond(state):
-    it, _, domain, changed, logits = state
-    return (it < n_features // 2) & jnp.any(active(logits, domain, changed))
-
-  def body(state):
-    it, flat, domain, changed, logits = state
-    go = active(logits, domain, changed)
+  def body(carry, consts):
+    flat, domain, changed, _ = carry
+    lab, theta_b, _ = consts
+    go = active(carry, consts)
+    cotangents = jnp.stack([jax.nn.one_hot(lab, k_model, dtype=x.dtype),
+                            1.0 - jax.nn.one_hot(lab, k_model, dtype=x.dtype)])
     _, vjp = jax.vjp(differentiated, flat)
-    a, b = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # each [B, F]
-    sign = jnp.where(increase, 1.0, -1.0)[:, None]
+    a, b = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # each [b, F]
+    sign = jnp.where(theta_b > 0, 1.0, -1.0)[:, None]
     a, b = a * sign, b * sign
     single = jnp.where(domain, a - b, -jnp.inf)
-    top, idx = jax.lax.top_k(single, k)  # [B, k]
+    top, idx = jax.lax.top_k(single, k)  # [b, k]
     ca = jnp.take_along_axis(a, idx, axis=1)
     cb = jnp.take_along_axis(b, idx, axis=1)
     pa = ca[:, :, None] + ca[:, None, :]
     pb = cb[:, :, None] + cb[:, None, :]
     usable = jnp.isfinite(top)
     valid = (pa > 0) & (pb < 0) & off_diagonal & usable[:, :, None] & usable[:, None, :]
-    score = jnp.where(valid, -pa * pb, -jnp.inf).reshape(batch, k * k)
+    score = jnp.where(valid, -pa * pb, -jnp.inf).reshape(flat.shape[0], k * k)
     best = jnp.argmax(score, axis=1)
     any_valid = jnp.any(valid, axis=(1, 2))
     i = jnp.where(any_valid, best // k, 0)
@@ -132,12 +135,13 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     q = jnp.take_along_axis(idx, j[:, None], axis=1)[:, 0]
     chosen = (jax.nn.one_hot(p, n_features, dtype=bool) | jax.nn.one_hot(q, n_features, dtype=bool)
               ) & go[:, None]
-    moved = jnp.clip(flat + (theta * (hi - lo))[:, None], lo, hi)
+    moved = jnp.clip(flat + (theta_b * (hi - lo))[:, None], lo, hi)
     flat = jnp.where(chosen, moved, flat)
     domain = domain & ~chosen
     changed = changed + 2 * go
-    return it + 1, flat, domain, changed, forward(flat)
+    return flat, domain, changed, forward(flat)
 
-  state = (jnp.int32(0), flat0, domain0, jnp.zeros((batch,), x.dtype), forward(flat0))
-  _, flat, *_ = jax.lax.while_loop(cond, body, state)
+  carry = (flat0, domain0, jnp.zeros((batch,), x.dtype), forward(flat0))
+  flat, *_ = loops.shrinking_while_loop(body, active, carry, (labels, theta, budget),
+                                        max_iter=n_features // 2)
   return flat.reshape(shape)
