@@ -5,8 +5,9 @@ each name of ``attacks.ATTACKS``, and ``study000_metrics`` (the three maps-simil
 of study 000 on pairs of random maps, also timed against the per-pair scipy/skimage
 reference). For each workload ``benchmark`` records the items per second (median over timed
 calls), the seconds to ``jax.jit(f).lower(...).compile()``, XLA's memory analysis of the
-compiled executable and the process's peak resident set size. ``experiments/benchmark.py``
-is the binary.
+compiled executable and the process's peak resident set size. With ``compare_torch`` each
+workload that has a PyTorch peer (Captum, torchattacks) is also timed on the same model,
+images and targets (``benchmarking_torch``). ``experiments/benchmark.py`` is the binary.
 
 Timing: each workload is compiled ahead of time, then its executable runs ``repeats`` times,
 each call blocked until ready; there is no separate untimed call, so with ``repeats >= 3`` the
@@ -35,6 +36,7 @@ import skimage.metrics
 
 from advsal_jax import attacks
 from advsal_jax import benchmarking_report
+from advsal_jax import benchmarking_torch
 from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import models
@@ -86,6 +88,8 @@ class BenchmarkConfig:
     deepfool_max_iter: DeepFool's maximum number of steps.
     metric_pairs: pairs of random maps for ``study000_metrics``.
     reference_pairs: how many of them the per-pair reference is timed on (then extrapolated).
+    compare_torch: also time each workload's PyTorch peer (Captum, torchattacks) on the
+      converted model (``benchmarking_torch``; alexnet_cifar only, needs torch installed).
   """
   model: str = 'alexnet_cifar'
   random_init: bool = False
@@ -105,6 +109,7 @@ class BenchmarkConfig:
   deepfool_max_iter: int | None = None
   metric_pairs: int = 10_000
   reference_pairs: int = 500
+  compare_torch: bool = False
 
 
 def validate(cfg: BenchmarkConfig) -> tuple[str, ...]:
@@ -409,8 +414,18 @@ def _job(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num_classes
   return _forward_job(subject, x)
 
 
+def _keeping(check: Callable[[Any], dict[str, Any]] | None,
+             keep: Callable[[Any], None]) -> Callable[[Any], dict[str, Any]]:
+  """``check`` that first hands the output to ``keep``."""
+  def wrapped(output):
+    keep(output)
+    return check(output) if check else {}
+  return wrapped
+
+
 def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num_classes: int,
-                 cfg: BenchmarkConfig, key: jax.Array) -> dict[str, Any]:
+                 cfg: BenchmarkConfig, key: jax.Array, *,
+                 torch_peers: benchmarking_torch.TorchPeers | None = None) -> dict[str, Any]:
   """Builds, compiles and times one workload.
 
   Args:
@@ -421,12 +436,14 @@ def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num
     num_classes: K.
     cfg: the settings.
     key: the workload's PRNG key.
+    torch_peers: with ``cfg.compare_torch``, the PyTorch peers, bound to ``x`` and ``pred``.
 
   Returns:
     The workload's record: ``status`` 'ok' with the numbers of ``measure`` plus
     ``process_max_rss_bytes`` (the process high-water mark after it) and
     ``process_max_rss_growth_bytes`` (how much this workload raised it), or 'skipped' with
-    ``reason``.
+    ``reason``. With ``torch_peers`` also the ``torch_*`` entries of
+    ``TorchPeers.prepare`` and ``speedup_vs_torch`` (JAX items/s over PyTorch items/s).
   """
   record: dict[str, Any] = {'workload': name, 'kind': kind(name)}
   rss_before = max_rss_bytes()
@@ -434,6 +451,10 @@ def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num
     job = _job(name, subject, x, pred, num_classes, cfg, key)
   except NotApplicable as e:
     return {**record, 'status': 'skipped', 'reason': str(e)}
+  compare = None
+  if torch_peers is not None:
+    keep, compare = torch_peers.prepare(name, job.settings)
+    job = dataclasses.replace(job, check=_keeping(job.check, keep))
   record.update(status='ok', items='pairs' if name == METRICS_WORKLOAD else 'images',
                 items_per_call=job.items, settings=job.settings, **measure(job, cfg.repeats),
                 **job.extra)
@@ -442,6 +463,10 @@ def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num
   if 'reference_pairs_per_s' in record:
     record['speedup_vs_reference'] = record['items_per_s'] / record['reference_pairs_per_s']
     record['speedup_goal'] = METRICS_GOAL
+  if compare is not None:
+    record.update(compare(cfg.repeats))
+    if record.get('torch_items_per_s'):
+      record['speedup_vs_torch'] = record['items_per_s'] / record['torch_items_per_s']
   return record
 
 
@@ -493,11 +518,16 @@ def benchmark(subject: Subject, x: jax.typing.ArrayLike, cfg: BenchmarkConfig, *
     One record per workload (see ``run_workload``).
 
   Raises:
-    ValueError: bad settings (before any compilation) or ``x`` not of batch ``batch_size``.
+    ValueError: bad settings (before any compilation), ``x`` not of batch ``batch_size``;
+      with ``compare_torch``, a model other than alexnet_cifar (before any compilation) or a
+      converted model whose logits disagree.
+    ImportError: ``compare_torch`` without torch, captum or (for attacks) torchattacks.
   """
   names = validate(cfg)
   if np.shape(x)[0] != cfg.batch_size:
     raise ValueError(f'x must hold batch_size={cfg.batch_size} images, got {np.shape(x)}.')
+  peers = (benchmarking_torch.TorchPeers(subject.name, subject.variables, names, seed=cfg.seed)
+           if cfg.compare_torch else None)
   out = pathlib.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   config = {**dataclasses.asdict(cfg), 'model_name': subject.name, 'layer': subject.layer,
@@ -507,12 +537,14 @@ def benchmark(subject: Subject, x: jax.typing.ArrayLike, cfg: BenchmarkConfig, *
   x = jnp.asarray(x)
   logits = jax.jit(subject.apply_fn)(subject.variables, x)
   pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  if peers is not None:
+    env['torch'] = peers.bind(np.asarray(x), np.asarray(pred), logits)
   base_key = jax.random.key(cfg.seed)
   records, start = [], time.perf_counter()
   for i, name in enumerate(names):
     logging.info('workload %d/%d %s: building and compiling', i + 1, len(names), name)
     key = jax.random.fold_in(base_key, WORKLOADS.index(name))
-    record = run_workload(name, subject, x, pred, logits.shape[-1], cfg, key)
+    record = run_workload(name, subject, x, pred, logits.shape[-1], cfg, key, torch_peers=peers)
     records.append(record)
     _write_results(out, config, env, records)
     if record['status'] == 'ok':
@@ -520,6 +552,10 @@ def benchmark(subject: Subject, x: jax.typing.ArrayLike, cfg: BenchmarkConfig, *
                    '%.0f s elapsed', i + 1, len(names), name, record['items_per_s'],
                    record['items'], record['median_s'], record['compile_s'],
                    (record['xla_bytes'] or 0) / 2**20, time.perf_counter() - start)
+      if record.get('speedup_vs_torch'):
+        logging.info('workload %d/%d %s: PyTorch %.4g %s/s (%s): JAX/PyTorch %.3g', i + 1,
+                     len(names), name, record['torch_items_per_s'], record['items'],
+                     record['torch_tool'], record['speedup_vs_torch'])
     else:
       logging.info('workload %d/%d %s: skipped (%s)', i + 1, len(names), name, record['reason'])
   return records

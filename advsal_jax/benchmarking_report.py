@@ -16,13 +16,21 @@ def _mib(num_bytes: int | None) -> str:
   return '-' if num_bytes is None else _fmt(num_bytes / 2**20)
 
 
-def _row(r: dict[str, Any]) -> str:
+def _torch_cells(r: dict[str, Any]) -> list[str]:
+  """'PyTorch items/s' and 'JAX/PyTorch' cells ('-' without a peer)."""
+  if not r.get('torch_items_per_s'):
+    return ['-', '-']
+  return [_fmt(r['torch_items_per_s']), f'{_fmt(r["speedup_vs_torch"])}x']
+
+
+def _row(r: dict[str, Any], with_torch: bool = False) -> str:
+  torch = _torch_cells(r) if with_torch else []
   if r['status'] != 'ok':
-    cells = [r['workload'], r['kind'], 'skipped', '-', '-', '-', '-', '-', r['reason']]
+    cells = [r['workload'], r['kind'], 'skipped', *torch, '-', '-', '-', '-', '-', r['reason']]
   else:
     settings = ', '.join(f'{k}={v}' for k, v in r['settings'].items())
     notes = '; '.join(s for s in (settings, r.get('note', '')) if s)
-    cells = [r['workload'], r['kind'], f'{_fmt(r["items_per_s"])} {r["items"]}/s',
+    cells = [r['workload'], r['kind'], f'{_fmt(r["items_per_s"])} {r["items"]}/s', *torch,
              _fmt(r['median_s']), _fmt(r['compile_s']), _mib(r['xla_bytes']),
              _mib(r['xla_temp_bytes']), _mib(r['process_max_rss_bytes']), notes]
   return '| ' + ' | '.join(str(c).replace('|', '/').replace('\n', ' ') for c in cells) + ' |'
@@ -41,19 +49,55 @@ def _metrics_summary(r: dict[str, Any]) -> list[str]:
       f'pairs: {diffs}.', '']
 
 
+def _torch_summary(records: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
+  """The PyTorch comparison's legend: versions, parity, and each peer with its settings."""
+  info = env.get('torch') or {}
+  lines = [
+      f'PyTorch peers (torch {info.get("torch")}, captum {info.get("captum")}, torchattacks '
+      f'{info.get("torchattacks")}, {info.get("torch_num_threads")} threads) run on the '
+      'converted model (max |logit difference| from the flax model '
+      f'{info.get("parity_max_abs_logit_diff", float("nan")):.1e} on the batch), the same '
+      'images and targets, in the same process: one untimed warm-up call, then the median '
+      'of the same number of timed calls. *JAX/PyTorch* is JAX items/s over PyTorch items/s '
+      '(> 1: JAX is faster).', '']
+  cores = env.get('cpu_count') or 1
+  busy = [r['workload'] for r in records if r.get('loadavg_1min', 0) > cores]
+  if busy:
+    lines += [f'**Load above the {cores} cores while timing {", ".join(busy)}**: PyTorch\'s '
+              'OpenMP threads slow down far more than XLA\'s on an oversubscribed machine, which '
+              'skews these ratios (mostly in JAX\'s favour); time them again on a quiet '
+              'machine.', '']
+  for r in records:
+    if not r.get('torch_tool'):
+      continue
+    settings = ', '.join(f'{k}={v}' for k, v in r['torch_settings'].items() if k != 'note')
+    agree = ', '.join(f'{k} {v:.3g}' for k, v in r.get('torch_agreement', {}).items())
+    note = r['torch_settings'].get('note')
+    lines.append(f'- **{r["workload"]}**: {r["torch_tool"]}'
+                 + (f'; {settings}' if settings else '')
+                 + (f'; load average {r["loadavg_1min"]:.2f}' if 'loadavg_1min' in r else '')
+                 + f'; {r["torch_model_calls_per_call"]} model calls per call'
+                 + (f'; agreement: {agree}' if agree else '')
+                 + (f'. {note}.' if note else '.'))
+  return [*lines, '']
+
+
 def markdown(records: list[dict[str, Any]], config: dict[str, Any],
              env: dict[str, Any]) -> str:
-  """The report: one table row per workload, a legend and the metrics comparison."""
+  """The report: one table row per workload, a legend, the metrics and PyTorch comparisons."""
+  with_torch = any('torch_tool' in r for r in records)
+  torch_head = ' PyTorch items/s | JAX/PyTorch |' if with_torch else ''
   lines = [
       f'# Benchmark: {config["model_name"]}, batch {config["batch_size"]}', '',
       f'jax {env["jax"]} on {env["backend"]} ({", ".join(env["devices"])}), '
       f'{env["cpu_count"]} CPUs, load average {env["loadavg_at_start"][0]:.2f} at start and '
       f'{env["loadavg_at_end"][0]:.2f} at the last write; weights: {config["weights"]}; '
       f'inputs: {config["inputs"]}; median of {config["repeats"]} timed calls.', '',
-      '| workload | kind | throughput | median s/call | compile s | XLA arg+out+temp MiB | '
-      'XLA temp MiB | process peak RSS MiB | settings; notes |',
-      '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
-      *(_row(r) for r in records), '',
+      f'| workload | kind | throughput |{torch_head} median s/call | compile s | '
+      'XLA arg+out+temp MiB | XLA temp MiB | process peak RSS MiB | settings; notes |',
+      '| --- | --- | ---: |' + ' ---: | ---: |' * with_torch
+      + ' ---: | ---: | ---: | ---: | ---: | --- |',
+      *(_row(r, with_torch) for r in records), '',
       'Memory: *XLA arg+out+temp* is the compiled executable\'s `memory_analysis()` '
       '(argument + output + temporary buffers): a static bound on the device memory of one '
       'call; *XLA temp* is the temporary part, which the chunk settings bound. *Process peak '
@@ -63,4 +107,6 @@ def markdown(records: list[dict[str, Any]], config: dict[str, Any],
   for r in records:
     if r['status'] == 'ok' and 'speedup_vs_reference' in r:
       lines += _metrics_summary(r)
+  if with_torch:
+    lines += _torch_summary(records, env)
   return '\n'.join(lines)

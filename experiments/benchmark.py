@@ -1,7 +1,8 @@
 """Benchmarks the model, every saliency method, every attack and study 000's metrics.
 
 Writes ``config.json``, ``benchmark.json`` and ``benchmark.md`` (a table: images/s, compile
-time, XLA and process memory per workload) to ``--output_dir``.
+time, XLA and process memory per workload) to ``--output_dir``. ``--compare_torch`` adds the
+PyTorch peers' images/s and the JAX/PyTorch ratio.
 
 Example (a quick run; the defaults are the full settings):
   python experiments/benchmark.py --batch_size=8 --repeats=1 --smoothgrad_samples=4 \
@@ -52,6 +53,11 @@ _PAIRS = flags.DEFINE_integer('metric_pairs', _D.metric_pairs,
 _REF_PAIRS = flags.DEFINE_integer('reference_pairs', _D.reference_pairs,
                                   'Pairs the per-pair scipy/skimage reference is timed on '
                                   '(then extrapolated).')
+_COMPARE_TORCH = flags.DEFINE_bool(
+    'compare_torch', _D.compare_torch,
+    'Also time each workload\'s PyTorch peer (Captum, torchattacks) on the converted model, '
+    'same images and targets, and report JAX/PyTorch (alexnet_cifar only; pip install -e '
+    '".[torch]" and pip install --no-deps torchattacks==3.5.1).')
 _OUTPUT = flags.DEFINE_string('output_dir', None,
                               'Default: results/benchmark/<model>_b<batch_size>.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
@@ -68,7 +74,7 @@ def main(argv):
       lime_chunk=_LIME_CHUNK.value, attack_steps=_ATTACK_STEPS.value,
       cw_binary_search_steps=_CW_SEARCH.value, cw_max_iterations=_CW_ITERS.value,
       deepfool_max_iter=_DF_ITERS.value, metric_pairs=_PAIRS.value,
-      reference_pairs=_REF_PAIRS.value)
+      reference_pairs=_REF_PAIRS.value, compare_torch=_COMPARE_TORCH.value)
   out = benchmarking.run(cfg, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value)
   logging.info('Wrote %s', out / 'benchmark.md')
   print(f'Wrote {out / "benchmark.md"}')
