@@ -284,6 +284,32 @@ def test_study_000_on_two_processes_equals_one_device(study_setup, tmp_path):
   _assert_same_results(tmp_path / 'one', tmp_path / 'run0')
 
 
+def test_the_binary_on_two_processes_writes_once_and_equals_one_device(study_setup, tmp_path):
+  """experiments/compare_saliency.py --distributed: flags, checkpoint loading, one report."""
+  _, ckpt, data_dir = study_setup
+  address = f'localhost:{_free_port()}'
+  flags = [f'--checkpoint={ckpt}', '--num_examples=3', '--batch_size=3',
+           '--untargeted_eps=0.2,1.0', '--methods=grad_cam', '--metrics=spearman',
+           f'--output_dir={tmp_path / "run"}', f'--data_dir={data_dir}', '--distributed',
+           f'--coordinator_address={address}', '--num_processes=2']
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+         'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen([sys.executable, 'experiments/compare_saliency.py', *flags,
+                             f'--process_id={i}'], env=env, cwd=_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-4000:]
+  assert 'process 1 of 2; 4 devices (2 local)' in logs[1], logs[1][-4000:]
+  assert 'Report written to' in logs[0] and 'Report written to' not in logs[1]
+  assert (tmp_path / 'run' / 'report.md').is_file()
+  cfg = dict(checkpoint=ckpt, num_examples=3, batch_size=3, untargeted_eps=(0.2, 1.0),
+             methods=('grad_cam',), metrics=('spearman',))
+  comparison.run(comparison.ComparisonConfig(**cfg), output_dir=tmp_path / 'one',
+                 data_dir=data_dir)
+  _assert_same_results(tmp_path / 'one', tmp_path / 'run')
+
+
 def _multihost_worker(address, process_id, out_dir):
   """Process ``process_id`` of 2: process-local batches, then study 000 into its own dir."""
   process_id, out_dir = int(process_id), pathlib.Path(out_dir)
