@@ -102,7 +102,8 @@ def eval_rewritten(jaxpr, consts, args, rule: Rule) -> list[jax.Array]:
   """Evaluates ``jaxpr`` like ``jax.core.eval_jaxpr`` with ``rule`` applied.
 
   Raises:
-    NotImplementedError: if a match sits inside control flow.
+    NotImplementedError: if a match sits inside control flow (or, for a rule that does not
+      ``skip_unreachable``, inside any call that is not inlined).
   """
   env = {}
 
@@ -116,17 +117,16 @@ def eval_rewritten(jaxpr, consts, args, rule: Rule) -> list[jax.Array]:
   for eqn in jaxpr.eqns:
     invals = [read(v) for v in eqn.invars]
     outvals = rule.replace(eqn, invals) if rule.matches(eqn) else None
-    reachable = eqn.primitive.name in (_INLINE_EXACT if rule.skip_unreachable else _INLINE)
-    if (outvals is None and (reachable or not rule.skip_unreachable)
-        and any(_contains(j, rule) for j in _sub_jaxprs(eqn))):
-      if not reachable:
+    if outvals is None and any(_contains(j, rule) for j in _sub_jaxprs(eqn)):
+      if eqn.primitive.name in (_INLINE_EXACT if rule.skip_unreachable else _INLINE):
+        sub, sub_consts = _inline_jaxpr(eqn, rule)
+        outvals = eval_rewritten(sub, sub_consts, invals, rule)
+      elif not rule.skip_unreachable:
         raise NotImplementedError(
             f'{rule.name}: an operation to rewrite sits inside {eqn.primitive.name!r} '
             f'(control flow), which is not supported; only those inside {sorted(_INLINE)} '
             'are rewritten.')
-      sub, sub_consts = _inline_jaxpr(eqn, rule)
-      outvals = eval_rewritten(sub, sub_consts, invals, rule)
-    elif outvals is None:
+    if outvals is None:
       with eqn.ctx.manager:
         outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
       if not eqn.primitive.multiple_results:
