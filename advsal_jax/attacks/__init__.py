@@ -17,6 +17,7 @@ from advsal_jax.attacks.iterative import bim
 from advsal_jax.attacks.iterative import mim
 from advsal_jax.attacks.iterative import pgd
 from advsal_jax.attacks.jsma import jsma
+from advsal_jax.attacks.loops import shrinking_while_loop
 from advsal_jax.attacks.objectives import cross_entropy
 from advsal_jax.attacks.objectives import cw_margin
 from advsal_jax.attacks.objectives import Objective
@@ -45,4 +46,5 @@ __all__ = [
     'jsma',
     'mim',
     'pgd',
+    'shrinking_while_loop',
 ]

@@ -30,9 +30,9 @@ def deepfool(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   cotangents (``vmap`` of the vjp). Examples stop updating once fooled; the loop exits when all
   are fooled or after ``max_iter`` steps, and runs on ever smaller batches as examples finish
   (``loops.shrinking_while_loop``), so a few hard examples do not keep the whole batch busy.
-  The reference implementation adds 1e-4 to each step length; here the overshoot alone pushes the iterate across the boundary, so a linear
-  classifier is fooled in exactly one step of ``(1 + overshoot)`` times the minimal
-  perturbation.
+  The reference implementation adds 1e-4 to each step length; here the overshoot alone
+  pushes the iterate across the boundary, so a linear classifier is fooled in exactly one
+  step of ``(1 + overshoot)`` times the minimal perturbation.
 
   Targeted (an extension, not in the paper): the single candidate is the target and the
   reference class is the current top class, until the target is on top.

@@ -40,8 +40,8 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   Both features move by ``theta * (high - low)`` (clipped to bounds) and leave the search
   domain (each feature is changed at most once, as in cleverhans). An example stops when the
   target has the largest logit, when another pair would change more than ``gamma * F``
-  features, or when fewer than two features remain; the loop exits when every example stopped, running on ever smaller batches as examples stop
-  (``loops.shrinking_while_loop``).
+  features, or when fewer than two features remain; the loop exits when every example
+  stopped, running on ever smaller batches as examples stop (``loops.shrinking_while_loop``).
 
   Defaults: theta = 1, gamma = 0.1 (cleverhans; Papernot et al. use gamma = 14.5 % on MNIST),
   softmax outputs. On the committed MNIST CNN (first 100 test images, gamma 14.5 %, random
