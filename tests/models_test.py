@@ -64,6 +64,19 @@ def test_max_pool_matches_flax():
   np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
 
 
+@pytest.mark.parametrize('features,strides', [(3, 1), (3, 2), (5, 1), (2, 1)])
+def test_conv_padding_odd_features_matches_plain_conv(features, strides):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, features))
+  plain = nn.Conv(4, (3, 3), strides=strides, padding='SAME')
+  padded = nn.Conv(4, (3, 3), strides=strides, padding='SAME',
+                   conv_general_dilated=models.conv_padding_odd_features)
+  v = plain.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, padded.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, v)
+  np.testing.assert_allclose(padded.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
+  grad = lambda conv: jax.grad(lambda a: (conv.apply(v, a) ** 2).sum())(x)
+  np.testing.assert_allclose(grad(padded), grad(plain), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('strides,hw', [(1, 8), (2, 8), (2, 7)])
 def test_depthwise_conv_matches_grouped_conv(strides, hw):
   x = jax.random.normal(jax.random.key(0), (2, hw, hw, 6))
