@@ -16,9 +16,12 @@ References:
     003): L2 distance between the saliency maps of natural and adversarial images.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import buffer_callback
 from jax.typing import ArrayLike
 
 L2_NORMALIZATIONS = (None, 'minmax', 'l2')
@@ -88,13 +91,40 @@ def _sort_keys(x: jax.Array) -> jax.Array:
   return jnp.where((bits >> 31) == 1, ~bits, bits | jnp.uint32(0x80000000))
 
 
+def _sort_rows_in_place(ctx, out, x):
+  """``buffer_callback`` body: sorts the rows of the (aliased) output buffer with NumPy."""
+  del ctx, x  # ``out`` aliases ``x``.
+  np.asarray(out).sort(axis=-1)
+
+
+def _host_sort_rows(x: jax.Array) -> jax.Array:
+  """``np.sort(x, axis=-1)`` run by the host on XLA's own buffer (no copies in or out)."""
+  sort = buffer_callback.buffer_callback(
+      _sort_rows_in_place, jax.ShapeDtypeStruct(x.shape, x.dtype),
+      input_output_aliases={0: 0}, vmap_method='expand_dims')
+  return sort(x)
+
+
+def _sort_rows(x: jax.Array) -> jax.Array:
+  """Sorts each row of u32[B, N], ascending.
+
+  On CPU NumPy sorts the rows in place in XLA's buffer: XLA:CPU sorts through a generic
+  comparator, about 45 ns per element here, where NumPy's vectorised sort of u32 takes under
+  5 (1.0 s against 0.12 s for 20,000 rows of 1,024, the buffer handling included; a
+  ``pure_callback``, which copies in and out, took 0.27 s). Other backends use XLA's own
+  sort. The result is the same.
+  """
+  return jax.lax.platform_dependent(x, cpu=_host_sort_rows,
+                                    default=lambda x: jnp.sort(x, axis=-1))
+
+
 def _argsort_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Stable argsort of u32[B, N] keys; returns (sorted keys, permutation i32[B, N]).
 
-  XLA's CPU sort is several times faster on one u32 operand than on (f32 value, index) pairs,
-  so this is an LSD radix sort whose passes are single-operand sorts of packed words:
-  (next digit of the key, position after the previous pass). With N <= 1024, 10 bits hold the
-  position and two 22-bit passes cover the key.
+  One u32 operand sorts several times faster than (f32 value, index) pairs, so this is an LSD
+  radix sort whose passes are single-operand sorts of packed words: (next digit of the key,
+  position after the previous pass). With N <= 1024, 10 bits hold the position and two 22-bit
+  passes cover the key.
   """
   n = keys.shape[1]
   idx_bits = max(1, (n - 1).bit_length())
@@ -103,24 +133,25 @@ def _argsort_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
   perm = iota
   for shift in range(0, 32, digit_bits):
     digit = (keys >> shift) & jnp.uint32((1 << min(digit_bits, 32 - shift)) - 1)
-    packed = jnp.sort((digit << idx_bits) | iota, axis=1)
+    packed = _sort_rows((digit << idx_bits) | iota)
     pos = (packed & jnp.uint32((1 << idx_bits) - 1)).astype(jnp.int32)
     perm = jnp.take_along_axis(perm, pos, axis=1)
     keys = jnp.take_along_axis(keys, pos, axis=1)
   return keys, perm.astype(jnp.int32)
 
 
-def _rankdata(x: jax.Array) -> jax.Array:
-  """Average ranks (1-based, ties share their mean rank) along the last axis of f32[B, N].
+def _ranks_in_sorted_order(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Average ranks of the rows of f32[B, N], in sorted order, and the sorting permutation.
 
-  Same as ``scipy.stats.rankdata(x, method='average', axis=1)``, in O(N log N): a sort finds
-  the tie runs, a scatter puts the ranks back in input order.
+  Row ``i`` of ``scipy.stats.rankdata(x, method='average', axis=1)`` is ``r[i]`` put back in
+  input order, ``rankdata[i, perm[i, j]] = r[i, j]``; ties share their mean rank.
 
   Args:
     x: f32[B, N], finite, N < 2**23.
 
   Returns:
-    f32[B, N] ranks in [1, N]; half-integers for ties (exact in f32).
+    ``(r, perm)``: f32[B, N] ranks in [1, N] (half-integers for ties, exact in f32) of the
+    sorted values, and the i32[B, N] stable argsort of each row.
   """
   n = x.shape[1]
   keys, perm = _argsort_keys(_sort_keys(x))
@@ -130,9 +161,31 @@ def _rankdata(x: jax.Array) -> jax.Array:
   first = jax.lax.cummax(jnp.where(jnp.concatenate([edge, change], axis=1), iota, 0), axis=1)
   last = jax.lax.cummin(jnp.where(jnp.concatenate([change, edge], axis=1), iota, n - 1), axis=1,
                         reverse=True)
-  ranks_sorted = (first + last).astype(jnp.float32) * 0.5 + 1.0
-  return jax.vmap(lambda p, r: jnp.zeros_like(r).at[p].set(r, unique_indices=True))(
-      perm, ranks_sorted)
+  return (first + last).astype(jnp.float32) * 0.5 + 1.0, perm
+
+
+def _row_offsets(perm: jax.Array) -> jax.Array:
+  """``perm`` i32[B, N] of per-row positions -> positions in the flattened array, i32[B*N]."""
+  b, n = perm.shape
+  return (perm + jnp.arange(b, dtype=jnp.int32)[:, None] * n).reshape(-1)
+
+
+def _rankdata(x: jax.Array) -> jax.Array:
+  """Average ranks along the last axis of f32[B, N], as ``scipy.stats.rankdata(x, axis=1)``.
+
+  O(N log N): a sort finds the tie runs, one flat scatter puts the ranks back in input order
+  (on XLA:CPU a flat scatter is faster than a per-row one).
+
+  Args:
+    x: f32[B, N], finite, N < 2**23 and B * N < 2**31.
+
+  Returns:
+    f32[B, N] ranks in [1, N]; half-integers for ties (exact in f32).
+  """
+  r, perm = _ranks_in_sorted_order(x)
+  flat = jnp.zeros(r.size, r.dtype).at[_row_offsets(perm)].set(r.reshape(-1),
+                                                                unique_indices=True)
+  return flat.reshape(r.shape)
 
 
 def spearman(a: ArrayLike, b: ArrayLike, *, absolute: bool = False) -> jax.Array:
@@ -152,13 +205,21 @@ def spearman(a: ArrayLike, b: ArrayLike, *, absolute: bool = False) -> jax.Array
     0.0 tie, as in scipy; so do subnormal values and 0 (XLA on CPU flushes subnormals).
 
   Raises:
-    ValueError: shapes differ, fewer than 2 dims, empty, or non-finite values.
+    ValueError: shapes differ, fewer than 2 dims, empty, non-finite values, 2**23 or more
+      values per map, or 2**31 or more in all.
     TypeError: a non-real dtype.
   """
   a, b = _check_pair(a, b)
+  if a.size >= 2**31 or math.prod(a.shape[1:]) >= 2**23:
+    raise ValueError(f'spearman ranks at most 2**23 - 1 values per map and 2**31 - 1 values per '
+                     f'call; got shape {a.shape}: split the batch.')
   if absolute:
     a, b = jnp.abs(a), jnp.abs(b)
-  return _pearson_rows(_rankdata(_flatten(a)), _rankdata(_flatten(b)))
+  # Pair a's ranks in its sorted order with b's ranks gathered in the same order: one scatter
+  # (b's ranks back to input order) instead of two.
+  ra, perm_a = _ranks_in_sorted_order(_flatten(a))
+  rb = _rankdata(_flatten(b)).reshape(-1)[_row_offsets(perm_a)].reshape(ra.shape)
+  return _pearson_rows(ra, rb)
 
 
 def pearson(a: ArrayLike, b: ArrayLike) -> jax.Array:
