@@ -123,11 +123,17 @@ def _hog(x: jax.Array, *, orientations, pixels_per_cell, cells_per_block,
   (c_row, c_col), (b_row, b_col) = pixels_per_cell, cells_per_block
   n_cells_row, n_cells_col = x.shape[1] // c_row, x.shape[2] // c_col
   batch = x.shape[0]
-  shape = (batch, n_cells_row, c_row, n_cells_col, c_col)
-  magnitude = magnitude[:, :n_cells_row * c_row, :n_cells_col * c_col].reshape(shape)
-  bins = bins[:, :n_cells_row * c_row, :n_cells_col * c_col].reshape(shape)
-  hist = jnp.stack([jnp.sum(jnp.where(bins == i, magnitude, 0.0), axis=(2, 4))
-                    for i in range(orientations)], axis=-1) / (c_row * c_col)
+  magnitude = magnitude[:, :n_cells_row * c_row, :n_cells_col * c_col]
+  bins = bins[:, :n_cells_row * c_row, :n_cells_col * c_col]
+  # One scatter-add of every pixel into its (cell, orientation) bin: on XLA:CPU 4x faster
+  # than a masked sum over the cell axes per orientation. Per-image bins keep the indices small.
+  cell = ((np.arange(n_cells_row * c_row) // c_row)[:, None] * n_cells_col
+          + (np.arange(n_cells_col * c_col) // c_col)[None, :])
+  num_bins = n_cells_row * n_cells_col * orientations
+  hist = jax.vmap(lambda m, b: jax.ops.segment_sum(
+      m.reshape(-1), (cell * orientations + b).reshape(-1), num_segments=num_bins))(
+          magnitude, bins)
+  hist = hist.reshape(batch, n_cells_row, n_cells_col, orientations) / (c_row * c_col)
 
   n_blocks_row, n_blocks_col = n_cells_row - b_row + 1, n_cells_col - b_col + 1
   blocks = jnp.stack([
