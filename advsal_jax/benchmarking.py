@@ -72,6 +72,9 @@ class BenchmarkConfig:
     model: registered model name or checkpoint directory.
     random_init: use freshly initialised weights of the registered ``model`` and uniform
       random images instead of a checkpoint and test images.
+    plain_model: run the model built from flax's stock layers (``models``' ``plain=True``:
+      ``nn.Conv`` as is, ``nn.max_pool``) with the same weights, i.e. a user's unmodified
+      model; the library's own rewrites still apply.
     batch_size: images per call.
     workloads: names from ``WORKLOADS``; empty: all.
     repeats: timed calls per workload (the median is reported).
@@ -93,6 +96,7 @@ class BenchmarkConfig:
   """
   model: str = 'alexnet_cifar'
   random_init: bool = False
+  plain_model: bool = False
   batch_size: int = 64
   workloads: tuple[str, ...] = ()
   repeats: int = 3
@@ -192,11 +196,13 @@ def load_subject(cfg: BenchmarkConfig, *, data_dir: str | None = None
   if cfg.random_init:
     name = cfg.model
     model, variables = models.init(name, key_model)
+    model = model.clone(plain=cfg.plain_model)
     spec = models.get_spec(name)
     x = np.asarray(jax.random.uniform(key_x, (cfg.batch_size, *spec.input_shape)))
     info = {'weights': 'random init', 'inputs': 'uniform random'}
     return Subject(name, model.apply, variables, spec.last_conv), x, info
   model, variables, meta = checkpoints.load(cfg.model)
+  model = model.clone(plain=cfg.plain_model)
   name = meta['model']
   test = data.load(meta['dataset'], 'test', data_dir=data_dir)
   if cfg.batch_size > len(test.labels):
@@ -312,21 +318,25 @@ REFERENCE_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 """Per-pair scipy/skimage equivalents of ``comparison.METRICS`` on f64[H,W] maps."""
 
 
-def reference_metrics(a: np.ndarray, b: np.ndarray) -> tuple[dict[str, np.ndarray],
-                                                             dict[str, float]]:
+def reference_metrics(a: np.ndarray, b: np.ndarray, *, repeats: int = 1
+                      ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Runs ``REFERENCE_METRICS`` pair by pair, as a scipy/skimage user would.
 
   Args:
     a: f64[P,H,W] maps; b: f64[P,H,W].
+    repeats: loops over the pairs per metric; the median time is reported.
 
   Returns:
-    ``(values, seconds)``: f64[P] per metric and the wall time of each metric's loop.
+    ``(values, seconds)``: f64[P] per metric and the median wall time of its loop.
   """
   values, seconds = {}, {}
   for name, fn in REFERENCE_METRICS.items():
-    start = time.perf_counter()
-    values[name] = np.array([fn(x, y) for x, y in zip(a, b)])
-    seconds[name] = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      values[name] = np.array([fn(x, y) for x, y in zip(a, b)])
+      times.append(time.perf_counter() - start)
+    seconds[name] = statistics.median(times)
   return values, seconds
 
 
@@ -338,13 +348,15 @@ def _metrics_job(cfg: BenchmarkConfig, key: jax.Array) -> Job:
     return {name: metric(x, y) for name, metric in comparison.METRICS.items()}
 
   n = min(cfg.reference_pairs, cfg.metric_pairs)
-  ref, seconds = reference_metrics(np.asarray(a[:n], np.float64), np.asarray(b[:n], np.float64))
+  ref, seconds = reference_metrics(np.asarray(a[:n], np.float64), np.asarray(b[:n], np.float64),
+                                   repeats=cfg.repeats)
   extra = {
       'reference_pairs_timed': n,
+      'reference_repeats': cfg.repeats,
       'reference_pairs_per_s': n / sum(seconds.values()),
       'reference_pairs_per_s_by_metric': {k: n / s for k, s in seconds.items()},
-      'note': (f'reference: scipy/skimage per pair, timed once on {n} pairs and extrapolated '
-               f'to {cfg.metric_pairs}'),
+      'note': (f'reference: scipy/skimage per pair, median of {cfg.repeats} loops over {n} '
+               f'pairs, extrapolated to {cfg.metric_pairs}'),
   }
 
   def check(ours):
@@ -494,8 +506,9 @@ def _write_results(out: pathlib.Path, config: dict[str, Any], env: dict[str, Any
 
 
 def default_output_dir(cfg: BenchmarkConfig) -> str:
-  """``results/benchmark/<model>_b<batch_size>`` (the last path part of a checkpoint dir)."""
-  return f'results/benchmark/{pathlib.Path(cfg.model).name}_b{cfg.batch_size}'
+  """``results/benchmark/<model>[_plain]_b<batch_size>`` (a checkpoint dir's last part)."""
+  plain = '_plain' if cfg.plain_model else ''
+  return f'results/benchmark/{pathlib.Path(cfg.model).name}{plain}_b{cfg.batch_size}'
 
 
 def benchmark(subject: Subject, x: jax.typing.ArrayLike, cfg: BenchmarkConfig, *,

@@ -43,8 +43,9 @@ def _metrics_summary(r: dict[str, Any]) -> list[str]:
   return [
       f'**{r["workload"]}**: batched JAX {_fmt(r["items_per_s"])} pairs/s on '
       f'{r["items_per_call"]} pairs vs the per-pair scipy/skimage reference '
-      f'{_fmt(r["reference_pairs_per_s"])} pairs/s (timed once on {r["reference_pairs_timed"]} '
-      f'pairs and extrapolated; by metric: {by_metric}): **{_fmt(r["speedup_vs_reference"])}x** '
+      f'{_fmt(r["reference_pairs_per_s"])} pairs/s (median of {r["reference_repeats"]} loops over '
+      f'{r["reference_pairs_timed"]} pairs, extrapolated; by metric: {by_metric}): '
+      f'**{_fmt(r["speedup_vs_reference"])}x** '
       f'(goal >= {_fmt(r["speedup_goal"])}x: {verdict}). Max |JAX - reference| on the timed '
       f'pairs: {diffs}.', '']
 
@@ -88,7 +89,9 @@ def markdown(records: list[dict[str, Any]], config: dict[str, Any],
   with_torch = any('torch_tool' in r for r in records)
   torch_head = ' PyTorch items/s | JAX/PyTorch |' if with_torch else ''
   lines = [
-      f'# Benchmark: {config["model_name"]}, batch {config["batch_size"]}', '',
+      f'# Benchmark: {config["model_name"]}'
+      + (' (plain: flax\'s stock layers)' if config.get('plain_model') else '')
+      + f', batch {config["batch_size"]}', '',
       f'jax {env["jax"]} on {env["backend"]} ({", ".join(env["devices"])}), '
       f'{env["cpu_count"]} CPUs, load average {env["loadavg_at_start"][0]:.2f} at start and '
       f'{env["loadavg_at_end"][0]:.2f} at the last write; weights: {config["weights"]}; '

@@ -7,6 +7,8 @@ whose gradient is much cheaper than XLA's select-and-scatter on CPU. Each convol
 stage is a named submodule whose output is its post-ReLU activation, so "the last conv
 layer" is one name (``ModelSpec.last_conv``). Eval mode (``train=False``, the default)
 needs no mutable state, so ``model.apply`` is directly an ``apply_fn(variables, x)``.
+With ``plain=True`` a model is built from flax's stock layers instead (``nn.Conv`` as is,
+``nn.max_pool``): the same function of the same parameters, written as a user would write it.
 """
 
 import dataclasses
@@ -115,20 +117,25 @@ def conv_padding_odd_features(lhs: jax.Array, rhs: jax.Array, *args,
 
 
 class ConvBlock(nn.Module):
-  """Conv (+ BatchNorm) + ReLU; the module's output is the post-ReLU activation."""
+  """Conv (+ BatchNorm) + ReLU; the module's output is the post-ReLU activation.
+
+  ``plain=True`` keeps ``nn.Conv``'s own ``conv_general_dilated`` (no input-feature padding).
+  """
   features: int
   kernel: int = 3
   strides: int = 1
   groups: int = 1
   batch_norm: bool = True
   relu: bool = True
+  plain: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.groups == 1:
       x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.strides,
                   padding='SAME', use_bias=not self.batch_norm, name='conv',
-                  conv_general_dilated=conv_padding_odd_features)(x)
+                  conv_general_dilated=(jax.lax.conv_general_dilated if self.plain
+                                        else conv_padding_odd_features))(x)
     elif self.groups == x.shape[-1] == self.features:
       x = DepthwiseConv(self.kernel, self.strides, name='conv')(x)
     else:
@@ -140,11 +147,20 @@ class ConvBlock(nn.Module):
 
 
 class _Classifier(nn.Module):
-  """Base: input check and per-channel normalisation shared by every model."""
+  """Base: input check and per-channel normalisation shared by every model.
+
+  ``plain``: build from flax's stock layers (``nn.Conv`` as is, ``nn.max_pool``) instead of
+  this package's faster equivalents; same parameters, same function (to float rounding).
+  """
   num_classes: int = 10
   mean: Sequence[float] = CIFAR10_MEAN
   std: Sequence[float] = CIFAR10_STD
   input_hw: tuple[int, int] = (32, 32)
+  plain: bool = False
+
+  def pool(self, x: jax.Array) -> jax.Array:
+    """2x2/stride-2 max pooling: ``nn.max_pool`` if ``plain``, else ``max_pool_2x2``."""
+    return nn.max_pool(x, (2, 2), (2, 2)) if self.plain else max_pool_2x2(x)
 
   def normalize(self, x: jax.Array) -> jax.Array:
     check_images(x, height=self.input_hw[0], width=self.input_hw[1], channels=len(self.mean))
@@ -167,9 +183,9 @@ class AlexNetCifar(_Classifier):
     """Maps f32[B,32,32,3] in [0,1] to logits f32[B,num_classes]."""
     x = self.normalize(x)
     for i, w in enumerate(self.widths):
-      x = ConvBlock(w, name=f'conv{i + 1}')(x, train)
+      x = ConvBlock(w, plain=self.plain, name=f'conv{i + 1}')(x, train)
       if i in (0, 1, 4):
-        x = max_pool_2x2(x)
+        x = self.pool(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.hidden, name='fc1')(x))
     return nn.Dense(self.num_classes, name='logits')(x)
@@ -189,7 +205,7 @@ class MobileNetV1Cifar(_Classifier):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Maps f32[B,32,32,3] in [0,1] to logits f32[B,num_classes]."""
     x = self.normalize(x)
-    x = ConvBlock(self.stem, name='stem')(x, train)
+    x = ConvBlock(self.stem, plain=self.plain, name='stem')(x, train)
     for i, (w, s) in enumerate(self.blocks):
       x = ConvBlock(x.shape[-1], strides=s, groups=x.shape[-1], name=f'block{i + 1}_dw')(x, train)
       x = ConvBlock(w, kernel=1, name=f'block{i + 1}')(x, train)
@@ -231,7 +247,7 @@ class MobileNetV2Cifar(_Classifier):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Maps f32[B,32,32,3] in [0,1] to logits f32[B,num_classes]."""
     x = self.normalize(x)
-    x = ConvBlock(self.stem, name='stem')(x, train)
+    x = ConvBlock(self.stem, plain=self.plain, name='stem')(x, train)
     k = 0
     for t, c, n, s in self.stages:
       for r in range(n):
@@ -255,9 +271,9 @@ class CnnMnist(_Classifier):
     """Maps f32[B,28,28,1] in [0,1] to logits f32[B,num_classes]."""
     x = self.normalize(x)
     for i, w in enumerate(self.widths):
-      x = ConvBlock(w, batch_norm=False, name=f'conv{i + 1}')(x, train)
+      x = ConvBlock(w, batch_norm=False, plain=self.plain, name=f'conv{i + 1}')(x, train)
       if i in (1, 3):
-        x = max_pool_2x2(x)
+        x = self.pool(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.hidden, name='fc1')(x))
     return nn.Dense(self.num_classes, name='logits')(x)

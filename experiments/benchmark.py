@@ -23,6 +23,10 @@ _RANDOM_INIT = flags.DEFINE_bool(
     'random_init', _D.random_init,
     'Freshly initialised weights of the registered --model on uniform random images (no '
     'checkpoint or data needed).')
+_PLAIN = flags.DEFINE_bool(
+    'plain_model', _D.plain_model,
+    'Build --model from flax\'s stock layers (nn.Conv as is, nn.max_pool), as a user would '
+    'write it, with the same weights.')
 _BATCH = flags.DEFINE_integer('batch_size', _D.batch_size, 'Images per call.')
 _WORKLOADS = flags.DEFINE_list(
     'workloads', list(_D.workloads),
@@ -67,7 +71,8 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
 def main(argv):
   del argv
   cfg = benchmarking.BenchmarkConfig(
-      model=_MODEL.value, random_init=_RANDOM_INIT.value, batch_size=_BATCH.value,
+      model=_MODEL.value, random_init=_RANDOM_INIT.value,
+      plain_model=_PLAIN.value, batch_size=_BATCH.value,
       workloads=tuple(_WORKLOADS.value), repeats=_REPEATS.value, seed=_SEED.value,
       smoothgrad_samples=_SG_N.value, smoothgrad_chunk=_SG_CHUNK.value,
       ig_steps=_IG_STEPS.value, ig_chunk=_IG_CHUNK.value, lime_samples=_LIME_N.value,

@@ -1,5 +1,6 @@
 """advsal_jax.benchmarking and experiments/benchmark.py on toy models (no timing assertions)."""
 
+import dataclasses
 import inspect
 import json
 import math
@@ -95,6 +96,7 @@ def test_metrics_record_compares_with_the_reference(full_run):
   (r,) = [r for r in full_run[0] if r['workload'] == benchmarking.METRICS_WORKLOAD]
   assert set(benchmarking.REFERENCE_METRICS) == set(comparison.METRICS)
   assert r['reference_pairs_timed'] == 3
+  assert r['reference_repeats'] == _TINY['repeats']
   assert r['reference_pairs_per_s'] > 0
   assert set(r['reference_pairs_per_s_by_metric']) == set(comparison.METRICS)
   assert r['speedup_vs_reference'] == pytest.approx(r['items_per_s'] / r['reference_pairs_per_s'])
@@ -116,6 +118,22 @@ def test_outputs_parse_and_markdown_has_a_row_per_workload(full_run):
   assert rows[1].startswith('| ---')
   assert [row.split(' | ')[0][2:] for row in rows[2:]] == list(benchmarking.WORKLOADS)
   assert f'**{benchmarking.METRICS_WORKLOAD}**: batched JAX' in (out / 'benchmark.md').read_text()
+
+
+def test_plain_model_runs_the_stock_flax_layers_with_the_same_weights(tmp_path):
+  cfg = benchmarking.BenchmarkConfig(model='cnn_mnist', random_init=True, plain_model=True,
+                                     workloads=('forward', 'gradient'), **_TINY)
+  subject, x, info = benchmarking.load_subject(cfg)
+  fast, _, _ = benchmarking.load_subject(dataclasses.replace(cfg, plain_model=False))
+  assert 'reduce_window_max' in str(jax.make_jaxpr(subject.apply_fn)(subject.variables, x))
+  assert 'reduce_window_max' not in str(jax.make_jaxpr(fast.apply_fn)(fast.variables, x))
+  np.testing.assert_allclose(subject.apply_fn(subject.variables, x),
+                             fast.apply_fn(fast.variables, x), rtol=1e-5, atol=1e-5)
+  records = benchmarking.benchmark(subject, x, cfg, output_dir=tmp_path, info=info)
+  assert [r['status'] for r in records] == ['ok', 'ok']
+  assert _strict_json(tmp_path / 'config.json')['plain_model'] is True
+  assert '# Benchmark: cnn_mnist (plain' in (tmp_path / 'benchmark.md').read_text()
+  assert benchmarking.default_output_dir(cfg).endswith('cnn_mnist_plain_b2')
 
 
 def test_cam_is_skipped_with_the_library_reason(tmp_path):

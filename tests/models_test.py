@@ -77,6 +77,46 @@ def test_conv_padding_odd_features_matches_plain_conv(features, strides):
   np.testing.assert_allclose(grad(padded), grad(plain), rtol=1e-4, atol=1e-4)
 
 
+def test_plain_model_is_stock_flax_with_the_same_parameters_and_function(built):
+  name, model, variables = built
+  plain = model.clone(plain=True)
+  x = jax.random.uniform(jax.random.key(1), (2, *models.get_spec(name).input_shape))
+  plain_vars = plain.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, plain_vars) == jax.tree.map(jnp.shape, variables)
+  np.testing.assert_allclose(plain.apply(variables, x), model.apply(variables, x),
+                             rtol=1e-4, atol=1e-5)
+  grad = lambda m: jax.grad(lambda a: m.apply(variables, a)[:, 0].sum())(x)
+  np.testing.assert_allclose(grad(plain), grad(model), rtol=1e-4, atol=1e-6)
+  # Stock layers: nn.max_pool is a reduce_window; the first conv sees the image's own channels.
+  assert _primitives(plain.apply, variables, x).count('reduce_window_max') == (
+      2 if name == 'cnn_mnist' else 3 if name == 'alexnet_cifar' else 0)
+  assert 'reduce_window_max' not in _primitives(model.apply, variables, x)
+  first_conv_features = lambda m: _conv_input_features(m.apply, variables, x)[0]
+  assert first_conv_features(plain) == x.shape[-1]
+  assert first_conv_features(model) == (4 if x.shape[-1] == 3 else x.shape[-1])
+
+
+def _eqns(jaxpr):
+  """Every equation of ``jaxpr`` and of the jaxprs nested in its equations, in order."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from _eqns(inner)
+
+
+def _primitives(fn, *args):
+  return [e.primitive.name for e in _eqns(jax.make_jaxpr(fn)(*args).jaxpr)]
+
+
+def _conv_input_features(fn, *args):
+  """The input feature count of each conv in ``fn``, in order (NHWC lhs)."""
+  return [e.invars[0].aval.shape[-1] for e in _eqns(jax.make_jaxpr(fn)(*args).jaxpr)
+          if e.primitive.name == 'conv_general_dilated']
+
+
 @pytest.mark.parametrize('strides,hw', [(1, 8), (2, 8), (2, 7)])
 def test_depthwise_conv_matches_grouped_conv(strides, hw):
   x = jax.random.normal(jax.random.key(0), (2, hw, hw, 6))
