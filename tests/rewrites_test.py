@@ -205,6 +205,16 @@ def test_attack_through_the_rewrite_is_unchanged():
   np.testing.assert_array_equal(fast, slow)
 
 
+@pytest.mark.parametrize('method', [m for m in saliency.METHODS if m not in ('cam', 'lime')])
+def test_gradient_based_saliency_methods_differentiate_through_the_rewrite(method):
+  # CAM needs global average pooling and LIME takes no gradient.
+  apply_fn, variables, x = _setup()
+  kwargs = {'layer': 'Conv_1'} if 'cam' in method else {}
+  fn = lambda v, a: saliency.METHODS[method](apply_fn, v, a, jnp.array([0, 1, 2]),
+                                             key=jax.random.key(0), **kwargs)
+  assert 'select_and_scatter_add' not in _primitives(fn, variables, x)
+
+
 @pytest.mark.parametrize('module,size', [(_PoolNet(window=3, stride=2), 9),  # overlapping
                                          (_PoolNet(padding='SAME', window=3, stride=3), 10)])
 def test_overlapping_or_padded_pools_are_left_alone(module, size):

@@ -5,13 +5,15 @@ perturbation ``delta`` to the named module's output and captures that output ``A
 VJP of the target logit with respect to ``delta`` gives ``dS/dA`` at the same ``A``. These
 methods therefore require ``apply_fn`` to run flax.linen modules (e.g. ``model.apply``), and
 not to be wrapped in ``jax.jit`` itself (a cached compiled call runs no module to intercept);
-jit the saliency call instead.
+jit the saliency call instead. The intercepted forward pass goes through
+``rewrites.fast_gradients`` like the other gradient-based methods.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from advsal_jax import rewrites
 from advsal_jax.saliency import gradients
 from advsal_jax.saliency import guided
 from advsal_jax.types import ApplyFn, Params, PRNGKey
@@ -86,6 +88,7 @@ def _activation_and_grad(apply_fn, params, x, target, path, aval, *, with_grad=T
     return score, captured[0]
 
   delta = jnp.zeros(aval.shape, aval.dtype)
+  forward = rewrites.fast_gradients(forward)
   if not with_grad:
     return forward(delta)[1], None
   grad, act = jax.grad(forward, has_aux=True)(delta)
