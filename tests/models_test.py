@@ -81,11 +81,11 @@ def test_plain_model_is_stock_flax_with_the_same_parameters_and_function(built):
   name, model, variables = built
   plain = model.clone(plain=True)
   x = jax.random.uniform(jax.random.key(1), (2, *models.get_spec(name).input_shape))
-  plain_vars = plain.init(jax.random.key(0), x)
+  plain_vars = jax.eval_shape(plain.init, jax.random.key(0), x)
   assert jax.tree.map(jnp.shape, plain_vars) == jax.tree.map(jnp.shape, variables)
-  np.testing.assert_allclose(plain.apply(variables, x), model.apply(variables, x),
-                             rtol=1e-4, atol=1e-5)
-  grad = lambda m: jax.grad(lambda a: m.apply(variables, a)[:, 0].sum())(x)
+  np.testing.assert_allclose(jax.jit(plain.apply)(variables, x),
+                             jax.jit(model.apply)(variables, x), rtol=1e-4, atol=1e-5)
+  grad = lambda m: jax.jit(jax.grad(lambda a: m.apply(variables, a)[:, 0].sum()))(x)
   np.testing.assert_allclose(grad(plain), grad(model), rtol=1e-4, atol=1e-6)
   # Stock layers: nn.max_pool is a reduce_window; the first conv sees the image's own channels.
   assert _primitives(plain.apply, variables, x).count('reduce_window_max') == (
