@@ -4,6 +4,7 @@ __version__ = '0.1.0'
 
 from advsal_jax import attacks
 from advsal_jax import checkpoints
+from advsal_jax import compilation
 from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax import models
@@ -20,6 +21,7 @@ __all__ = [
     '__version__',
     'attacks',
     'checkpoints',
+    'compilation',
     'data',
     'metrics',
     'models',

@@ -38,6 +38,7 @@ from advsal_jax import attacks
 from advsal_jax import benchmarking_report
 from advsal_jax import benchmarking_torch
 from advsal_jax import checkpoints
+from advsal_jax import compilation
 from advsal_jax import data
 from advsal_jax import models
 from advsal_jax import saliency
@@ -93,6 +94,8 @@ class BenchmarkConfig:
     reference_pairs: how many of them the per-pair reference is timed on (then extrapolated).
     compare_torch: also time each workload's PyTorch peer (Captum, torchattacks) on the
       converted model (``benchmarking_torch``; alexnet_cifar only, needs torch installed).
+    xla_defaults: compile with XLA's default options instead of
+      ``compilation.compiler_options()`` (to measure what those options change).
   """
   model: str = 'alexnet_cifar'
   random_init: bool = False
@@ -114,6 +117,7 @@ class BenchmarkConfig:
   metric_pairs: int = 10_000
   reference_pairs: int = 500
   compare_torch: bool = False
+  xla_defaults: bool = False
 
 
 def validate(cfg: BenchmarkConfig) -> tuple[str, ...]:
@@ -384,8 +388,14 @@ def max_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def measure(job: Job, repeats: int) -> dict[str, Any]:
+def measure(job: Job, repeats: int, *, options: dict[str, str] | None = None
+            ) -> dict[str, Any]:
   """Compiles ``job.fn`` ahead of time, then times ``repeats`` blocking calls.
+
+  Args:
+    job: the workload.
+    repeats: timed calls.
+    options: XLA compiler options (``compilation.compiler_options()``); None: XLA's defaults.
 
   Returns:
     ``items_per_s`` (at the median time), ``median_s``, ``times_s``, ``compile_s`` (lower +
@@ -393,7 +403,7 @@ def measure(job: Job, repeats: int) -> dict[str, Any]:
     ``job.check`` returns.
   """
   start = time.perf_counter()
-  compiled = jax.jit(job.fn).lower(*job.args).compile()
+  compiled = jax.jit(job.fn).lower(*job.args).compile(compiler_options=options)
   compile_s = time.perf_counter() - start
   times = []
   for _ in range(repeats):
@@ -437,7 +447,8 @@ def _keeping(check: Callable[[Any], dict[str, Any]] | None,
 
 def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num_classes: int,
                  cfg: BenchmarkConfig, key: jax.Array, *,
-                 torch_peers: benchmarking_torch.TorchPeers | None = None) -> dict[str, Any]:
+                 torch_peers: benchmarking_torch.TorchPeers | None = None,
+                 options: dict[str, str] | None = None) -> dict[str, Any]:
   """Builds, compiles and times one workload.
 
   Args:
@@ -449,6 +460,7 @@ def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num
     cfg: the settings.
     key: the workload's PRNG key.
     torch_peers: with ``cfg.compare_torch``, the PyTorch peers, bound to ``x`` and ``pred``.
+    options: XLA compiler options; None: XLA's defaults.
 
   Returns:
     The workload's record: ``status`` 'ok' with the numbers of ``measure`` plus
@@ -468,7 +480,8 @@ def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num
     keep, compare = torch_peers.prepare(name, job.settings)
     job = dataclasses.replace(job, check=_keeping(job.check, keep))
   record.update(status='ok', items='pairs' if name == METRICS_WORKLOAD else 'images',
-                items_per_call=job.items, settings=job.settings, **measure(job, cfg.repeats),
+                items_per_call=job.items, settings=job.settings,
+                **measure(job, cfg.repeats, options=options),
                 **job.extra)
   record['process_max_rss_bytes'] = max_rss_bytes()
   record['process_max_rss_growth_bytes'] = record['process_max_rss_bytes'] - rss_before
@@ -547,6 +560,8 @@ def benchmark(subject: Subject, x: jax.typing.ArrayLike, cfg: BenchmarkConfig, *
             'weights': 'given', 'inputs': 'given', **(info or {})}
   write_atomic(out / 'config.json', json.dumps(config, indent=2) + '\n')
   env = environment()
+  options = None if cfg.xla_defaults else compilation.compiler_options()
+  env['compiler_options'] = options or {}
   x = jnp.asarray(x)
   logits = jax.jit(subject.apply_fn)(subject.variables, x)
   pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -557,7 +572,8 @@ def benchmark(subject: Subject, x: jax.typing.ArrayLike, cfg: BenchmarkConfig, *
   for i, name in enumerate(names):
     logging.info('workload %d/%d %s: building and compiling', i + 1, len(names), name)
     key = jax.random.fold_in(base_key, WORKLOADS.index(name))
-    record = run_workload(name, subject, x, pred, logits.shape[-1], cfg, key, torch_peers=peers)
+    record = run_workload(name, subject, x, pred, logits.shape[-1], cfg, key, torch_peers=peers,
+                          options=options)
     records.append(record)
     _write_results(out, config, env, records)
     if record['status'] == 'ok':

@@ -83,6 +83,10 @@ def _torch_summary(records: list[dict[str, Any]], env: dict[str, Any]) -> list[s
   return [*lines, '']
 
 
+def _options(options: dict[str, str] | None) -> str:
+  return ', '.join(f'`{k}={v}`' for k, v in options.items()) if options else "XLA's defaults"
+
+
 def markdown(records: list[dict[str, Any]], config: dict[str, Any],
              env: dict[str, Any]) -> str:
   """The report: one table row per workload, a legend, the metrics and PyTorch comparisons."""
@@ -95,7 +99,8 @@ def markdown(records: list[dict[str, Any]], config: dict[str, Any],
       f'jax {env["jax"]} on {env["backend"]} ({", ".join(env["devices"])}), '
       f'{env["cpu_count"]} CPUs, load average {env["loadavg_at_start"][0]:.2f} at start and '
       f'{env["loadavg_at_end"][0]:.2f} at the last write; weights: {config["weights"]}; '
-      f'inputs: {config["inputs"]}; median of {config["repeats"]} timed calls.', '',
+      f'inputs: {config["inputs"]}; median of {config["repeats"]} timed calls; XLA compiler '
+      f'options: {_options(env.get("compiler_options"))}.', '',
       f'| workload | kind | throughput |{torch_head} median s/call | compile s | '
       'XLA arg+out+temp MiB | XLA temp MiB | process peak RSS MiB | settings; notes |',
       '| --- | --- | ---: |' + ' ---: | ---: |' * with_torch

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from advsal_jax import checkpoints
+from advsal_jax import compilation
 from advsal_jax import data
 from advsal_jax import models
 
@@ -98,7 +99,7 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainCon
 def evaluate(apply_fn, variables: Any, images: np.ndarray, labels: np.ndarray,
              *, batch_size: int = 1000) -> float:
   """Top-1 accuracy of ``apply_fn(variables, x)`` on uint8 ``images`` [N,H,W,C]."""
-  predict = jax.jit(lambda v, x: apply_fn(v, x).argmax(-1))
+  predict = compilation.jit(lambda v, x: apply_fn(v, x).argmax(-1))
   correct = 0
   for x, y in data.batches(images, labels, batch_size):
     correct += int((np.asarray(predict(variables, x)) == y).sum())
@@ -143,7 +144,8 @@ def train(cfg: TrainConfig, *, workdir: str, export_dir: str | None = None,
     start_epoch = mngr.latest_step()
     state = checkpoints.restore_state(mngr, jax.eval_shape(lambda: state))
     logging.info('Resumed from epoch %d in %s', start_epoch, workdir)
-  step_fn = jax.jit(lambda s, x, y: train_step(model, tx, cfg, s, x, y), donate_argnums=0)
+  step_fn = compilation.jit(lambda s, x, y: train_step(model, tx, cfg, s, x, y),
+                            donate_argnums=0)
   total_steps = cfg.epochs * steps_per_epoch
   t_start, done_at_start = time.time(), start_epoch * steps_per_epoch
   test_acc = None

@@ -62,6 +62,10 @@ _COMPARE_TORCH = flags.DEFINE_bool(
     'Also time each workload\'s PyTorch peer (Captum, torchattacks) on the converted model, '
     'same images and targets, and report JAX/PyTorch (alexnet_cifar only; pip install -e '
     '".[torch]" and pip install --no-deps torchattacks==3.5.1).')
+_XLA_DEFAULTS = flags.DEFINE_bool(
+    'xla_defaults', _D.xla_defaults,
+    'Compile with XLA\'s default options instead of the package\'s per-backend choice '
+    '(advsal_jax.compilation), to measure what that choice changes.')
 _OUTPUT = flags.DEFINE_string('output_dir', None,
                               'Default: results/benchmark/<model>_b<batch_size>.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
@@ -79,7 +83,8 @@ def main(argv):
       lime_chunk=_LIME_CHUNK.value, attack_steps=_ATTACK_STEPS.value,
       cw_binary_search_steps=_CW_SEARCH.value, cw_max_iterations=_CW_ITERS.value,
       deepfool_max_iter=_DF_ITERS.value, metric_pairs=_PAIRS.value,
-      reference_pairs=_REF_PAIRS.value, compare_torch=_COMPARE_TORCH.value)
+      reference_pairs=_REF_PAIRS.value, compare_torch=_COMPARE_TORCH.value,
+      xla_defaults=_XLA_DEFAULTS.value)
   out = benchmarking.run(cfg, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value)
   logging.info('Wrote %s', out / 'benchmark.md')
   print(f'Wrote {out / "benchmark.md"}')

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from advsal_jax import benchmarking
+from advsal_jax import compilation
 from advsal_jax import saliency
 from advsal_jax.studies import comparison
 
@@ -113,6 +114,7 @@ def test_outputs_parse_and_markdown_has_a_row_per_workload(full_run):
   result = _strict_json(out / 'benchmark.json')
   assert result['records'] == json.loads(json.dumps(records))
   assert result['environment']['backend'] == jax.default_backend()
+  assert result['environment']['compiler_options'] == compilation.compiler_options()
   rows = [line for line in (out / 'benchmark.md').read_text().splitlines()
           if line.startswith('| ')]
   assert rows[1].startswith('| ---')
@@ -134,6 +136,22 @@ def test_plain_model_runs_the_stock_flax_layers_with_the_same_weights(tmp_path):
   assert _strict_json(tmp_path / 'config.json')['plain_model'] is True
   assert '# Benchmark: cnn_mnist (plain' in (tmp_path / 'benchmark.md').read_text()
   assert benchmarking.default_output_dir(cfg).endswith('cnn_mnist_plain_b2')
+
+
+def test_xla_defaults_compiles_without_the_package_options(tmp_path, monkeypatch):
+  compiled_with = []
+  compile_ = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, 'compile', lambda self, compiler_options=None:
+                      compiled_with.append(compiler_options) or compile_(self, compiler_options))
+  subject, x = _subject(_GapNet())
+  for xla_defaults in (False, True):
+    cfg = benchmarking.BenchmarkConfig(workloads=('gradient',), xla_defaults=xla_defaults,
+                                       **_TINY)
+    benchmarking.benchmark(subject, x, cfg, output_dir=tmp_path / str(xla_defaults))
+  assert compiled_with == [compilation.compiler_options(), None]
+  env = _strict_json(tmp_path / 'True' / 'benchmark.json')['environment']
+  assert env['compiler_options'] == {}
+  assert "XLA compiler options: XLA's defaults" in (tmp_path / 'True' / 'benchmark.md').read_text()
 
 
 def test_cam_is_skipped_with_the_library_reason(tmp_path):

@@ -25,6 +25,7 @@ import numpy as np
 
 from advsal_jax import attacks
 from advsal_jax import checkpoints
+from advsal_jax import compilation
 from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax import models
@@ -209,7 +210,8 @@ def make_step(apply_fn: ApplyFn, mesh: jax.sharding.Mesh, *, cfg: ComparisonConf
   Every device runs ``compare_batch`` on its own ``B / num_devices`` images (``shard_map``):
   the pipeline is per-image (SmoothGrad's noise is keyed by test index), so the results are
   those of one device, without the all-gathers XLA inserts when it partitions the
-  ``[V, B] -> [V * B]`` reshapes itself. With one device it is ``jax.jit(compare_batch)``.
+  ``[V, B] -> [V * B]`` reshapes itself. With one device it is ``jax.jit(compare_batch)``. It compiles with
+  ``compilation.compiler_options()``.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
@@ -233,7 +235,7 @@ def make_step(apply_fn: ApplyFn, mesh: jax.sharding.Mesh, *, cfg: ComparisonConf
     out = sharded(params, x, index, eps_untargeted, eps_targeted)
     return {k: jnp.moveaxis(v, 0, -1) for k, v in out.items()}
 
-  return jax.jit(step)
+  return compilation.jit(step)
 
 
 def example_maps(apply_fn: ApplyFn, params: Params, x: jax.Array, eps: jax.Array, *,
