@@ -460,7 +460,9 @@ def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num
     cfg: the settings.
     key: the workload's PRNG key.
     torch_peers: with ``cfg.compare_torch``, the PyTorch peers, bound to ``x`` and ``pred``.
-    options: XLA compiler options; None: XLA's defaults.
+    options: XLA compiler options for workloads that run the model (``study000_metrics``
+      always compiles with XLA's defaults, which suit it; see ``compilation``); None: XLA's
+      defaults.
 
   Returns:
     The workload's record: ``status`` 'ok' with the numbers of ``measure`` plus
@@ -481,7 +483,9 @@ def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num
     job = dataclasses.replace(job, check=_keeping(job.check, keep))
   record.update(status='ok', items='pairs' if name == METRICS_WORKLOAD else 'images',
                 items_per_call=job.items, settings=job.settings,
-                **measure(job, cfg.repeats, options=options),
+                compiler_options=(options or {}) if name != METRICS_WORKLOAD else {},
+                **measure(job, cfg.repeats,
+                          options=options if name != METRICS_WORKLOAD else None),
                 **job.extra)
   record['process_max_rss_bytes'] = max_rss_bytes()
   record['process_max_rss_growth_bytes'] = record['process_max_rss_bytes'] - rss_before

@@ -84,7 +84,10 @@ def _torch_summary(records: list[dict[str, Any]], env: dict[str, Any]) -> list[s
 
 
 def _options(options: dict[str, str] | None) -> str:
-  return ', '.join(f'`{k}={v}`' for k, v in options.items()) if options else "XLA's defaults"
+  if not options:
+    return "XLA's defaults"
+  return (', '.join(f'`{k}={v}`' for k, v in options.items())
+          + " for the workloads that run the model (the metrics: XLA's defaults)")
 
 
 def markdown(records: list[dict[str, Any]], config: dict[str, Any],

@@ -9,8 +9,13 @@ at 8x8 was faster in YNNPACK, 6 vs 9 ms). ``CPU_OPTIONS`` keeps YNNPACK for dot 
 (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``), so convolutions take XLA's own path. For alexnet_cifar
 at batch 64 that made every benchmarked workload 1.04-1.62x faster (forward, gradient, Guided
 Backprop, Grad-CAM, IG, FGSM, BIM; own and stock-flax model; same process, interleaved calls).
-Values are the same sums; the order in which they are added may differ (float rounding). GPU
-and TPU get no options.
+The default also sends reductions to YNNPACK; keeping that (``..._REDUCE``) cost the model
+workloads 10-15 % (gradient 781 vs 688 images/s), so it is off too. Values are the same sums;
+the order in which they are added may differ (float rounding). GPU and TPU get no options.
+
+The options are for programs that run a conv net. A program of reductions and small matrix
+products alone, such as study 000's three metrics, runs about 10 % faster with XLA's defaults,
+which is how ``benchmarking`` compiles its metrics workload.
 
 The binaries compile through ``jit`` (or pass ``compiler_options()`` to ``.compile``). A user
 jitting this package's functions in their own code gets the same speed with

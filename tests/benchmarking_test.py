@@ -144,11 +144,16 @@ def test_xla_defaults_compiles_without_the_package_options(tmp_path, monkeypatch
   monkeypatch.setattr(jax.stages.Lowered, 'compile', lambda self, compiler_options=None:
                       compiled_with.append(compiler_options) or compile_(self, compiler_options))
   subject, x = _subject(_GapNet())
+  records = {}
   for xla_defaults in (False, True):
-    cfg = benchmarking.BenchmarkConfig(workloads=('gradient',), xla_defaults=xla_defaults,
-                                       **_TINY)
-    benchmarking.benchmark(subject, x, cfg, output_dir=tmp_path / str(xla_defaults))
-  assert compiled_with == [compilation.compiler_options(), None]
+    cfg = benchmarking.BenchmarkConfig(workloads=('gradient', benchmarking.METRICS_WORKLOAD),
+                                       xla_defaults=xla_defaults, **_TINY)
+    records[xla_defaults] = benchmarking.benchmark(subject, x, cfg,
+                                                   output_dir=tmp_path / str(xla_defaults))
+  # The metrics workload (no model) always compiles with XLA's defaults.
+  assert compiled_with == [compilation.compiler_options(), None, None, None]
+  assert [r['compiler_options'] for r in records[False]] == [compilation.compiler_options(), {}]
+  assert [r['compiler_options'] for r in records[True]] == [{}, {}]
   env = _strict_json(tmp_path / 'True' / 'benchmark.json')['environment']
   assert env['compiler_options'] == {}
   assert "XLA compiler options: XLA's defaults" in (tmp_path / 'True' / 'benchmark.md').read_text()
