@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bash run.sh [FLAGS...]        set up .venv if missing, install advsal_jax, run study 000 on the
-#                               first 448 CIFAR-10 test images (about 3.5 minutes on 2 CPU cores).
+#                               first 448 CIFAR-10 test images (about 3 minutes on 2 CPU cores).
 # bash run.sh full [FLAGS...]   the same study on all 10,000 test images (the paper's experiment,
-#                               about 55 minutes).
+#                               under an hour).
 # bash run.sh test [PYTEST ARGS...]   install the dev extras and run the whole test suite.
 # FLAGS go to experiments/compare_saliency.py (--help lists them). A killed run continues
 # where it stopped when the same command is run again.
