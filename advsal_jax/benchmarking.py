@@ -388,8 +388,8 @@ def max_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def measure(job: Job, repeats: int, *, options: dict[str, str] | None = None
-            ) -> dict[str, Any]:
+def measure(job: Job, repeats: int, *,
+            options: dict[str, str] | None = None) -> dict[str, Any]:
   """Compiles ``job.fn`` ahead of time, then times ``repeats`` blocking calls.
 
   Args:
@@ -481,11 +481,11 @@ def run_workload(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num
   if torch_peers is not None:
     keep, compare = torch_peers.prepare(name, job.settings)
     job = dataclasses.replace(job, check=_keeping(job.check, keep))
+  job_options = None if name == METRICS_WORKLOAD else options
   record.update(status='ok', items='pairs' if name == METRICS_WORKLOAD else 'images',
                 items_per_call=job.items, settings=job.settings,
-                compiler_options=(options or {}) if name != METRICS_WORKLOAD else {},
-                **measure(job, cfg.repeats,
-                          options=options if name != METRICS_WORKLOAD else None),
+                compiler_options=job_options or {},
+                **measure(job, cfg.repeats, options=job_options),
                 **job.extra)
   record['process_max_rss_bytes'] = max_rss_bytes()
   record['process_max_rss_growth_bytes'] = record['process_max_rss_bytes'] - rss_before

@@ -84,6 +84,7 @@ def _torch_summary(records: list[dict[str, Any]], env: dict[str, Any]) -> list[s
 
 
 def _options(options: dict[str, str] | None) -> str:
+  """The compiler options of a run, for the report's header line."""
   if not options:
     return "XLA's defaults"
   return (', '.join(f'`{k}={v}`' for k, v in options.items())

@@ -7,7 +7,7 @@ plus input and kernel gradients took 31 / 54 / 23 ms through YNNPACK and 18 / 21
 Eigen for 3->32 features at 32x32, 32->64 at 16x16 and 64->128 at 8x8 (only a 128->128 forward
 at 8x8 was faster in YNNPACK, 6 vs 9 ms). ``CPU_OPTIONS`` keeps YNNPACK for dot products only
 (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``), so convolutions take XLA's own path. For alexnet_cifar
-at batch 64 that made every benchmarked workload 1.04-1.62x faster (forward, gradient, Guided
+at batch 64 that made each workload timed A/B 1.04-1.62x faster (forward, gradient, Guided
 Backprop, Grad-CAM, IG, FGSM, BIM; own and stock-flax model; same process, interleaved calls).
 The default also sends reductions to YNNPACK; keeping that (``..._REDUCE``) cost the model
 workloads 10-15 % (gradient 781 vs 688 images/s), so it is off too. Values are the same sums;
@@ -15,7 +15,9 @@ the order in which they are added may differ (float rounding). GPU and TPU get n
 
 The options are for programs that run a conv net. A program of reductions and small matrix
 products alone, such as study 000's three metrics, runs about 10 % faster with XLA's defaults,
-which is how ``benchmarking`` compiles its metrics workload.
+which is how ``benchmarking`` compiles its metrics workload. Study 000's step computes
+saliency, attacks and metrics in one program and compiles with the options: the model's share
+of its time is far larger.
 
 The binaries compile through ``jit`` (or pass ``compiler_options()`` to ``.compile``). A user
 jitting this package's functions in their own code gets the same speed with
@@ -29,7 +31,8 @@ from absl import logging
 import jax
 import numpy as np
 
-CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+CPU_OPTIONS: dict[str, str] = {
+    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 """XLA:CPU debug options (``DebugOptions`` field -> value) this package compiles with."""
 
 
@@ -39,7 +42,7 @@ def _supported(name: str, value: str) -> bool:
   try:
     x = jax.device_put(np.float32(0), jax.devices('cpu')[0])
     jax.jit(lambda x: x + 1).lower(x).compile(compiler_options={name: value})
-  except jax.errors.JaxRuntimeError as err:
+  except (jax.errors.JaxRuntimeError, RuntimeError) as err:  # unknown option, or no CPU
     logging.warning('XLA:CPU option %s=%s is not available (%s); compiling without it.',
                     name, value, err)
     return False
@@ -61,5 +64,9 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
 
 
 def jit(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
-  """``jax.jit(fn, **kwargs)`` compiled with ``compiler_options()`` of the default backend."""
-  return jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
+  """``jax.jit(fn, **kwargs)`` compiled with ``compiler_options()`` of the default backend.
+
+  A ``compiler_options`` keyword is merged over them.
+  """
+  options = {**compiler_options(), **(kwargs.pop('compiler_options', None) or {})}
+  return jax.jit(fn, compiler_options=options, **kwargs)

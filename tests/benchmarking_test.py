@@ -139,6 +139,7 @@ def test_plain_model_runs_the_stock_flax_layers_with_the_same_weights(tmp_path):
 
 
 def test_xla_defaults_compiles_without_the_package_options(tmp_path, monkeypatch):
+  compilation.compiler_options()  # its one-time probe compile happens before the spy
   compiled_with = []
   compile_ = jax.stages.Lowered.compile
   monkeypatch.setattr(jax.stages.Lowered, 'compile', lambda self, compiler_options=None:

@@ -45,3 +45,17 @@ def test_an_option_this_jaxlib_lacks_is_dropped_with_a_warning(monkeypatch, capl
   assert 'xla_cpu_no_such_option' not in options
   assert options.items() <= compilation.CPU_OPTIONS.items()
   assert 'xla_cpu_no_such_option' in caplog.text
+
+
+def test_default_backend_decides_and_callers_options_win(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert compilation.compiler_options() == {}
+  monkeypatch.undo()
+  if jax.default_backend() != 'cpu':
+    pytest.skip('XLA:CPU options')
+  x, w = jnp.ones((64, 16, 16, 32)), jnp.ones((3, 3, 32, 64))
+  xla_default = {'xla_cpu_experimental_ynn_fusion_type':
+                 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'}
+  ours = compilation.jit(_conv).lower(x, w).compile().as_text()
+  theirs = compilation.jit(_conv, compiler_options=xla_default).lower(x, w).compile().as_text()
+  assert '__ynn_fusion' not in ours and '__ynn_fusion' in theirs

@@ -210,8 +210,8 @@ def make_step(apply_fn: ApplyFn, mesh: jax.sharding.Mesh, *, cfg: ComparisonConf
   Every device runs ``compare_batch`` on its own ``B / num_devices`` images (``shard_map``):
   the pipeline is per-image (SmoothGrad's noise is keyed by test index), so the results are
   those of one device, without the all-gathers XLA inserts when it partitions the
-  ``[V, B] -> [V * B]`` reshapes itself. With one device it is ``jax.jit(compare_batch)``. It compiles with
-  ``compilation.compiler_options()``.
+  ``[V, B] -> [V * B]`` reshapes itself. With one device it is ``compare_batch`` under
+  ``compilation.jit`` (``jax.jit`` with ``compilation.compiler_options()``).
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
