@@ -66,7 +66,13 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
 def jit(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
   """``jax.jit(fn, **kwargs)`` compiled with ``compiler_options()`` of the default backend.
 
-  A ``compiler_options`` keyword is merged over them.
+  Args:
+    fn: any function ``jax.jit`` accepts.
+    **kwargs: ``jax.jit``'s keywords; a ``compiler_options`` dict is merged over the
+      package's (the caller's values win).
+
+  Returns:
+    The jitted ``fn``.
   """
   options = {**compiler_options(), **(kwargs.pop('compiler_options', None) or {})}
   return jax.jit(fn, compiler_options=options, **kwargs)
