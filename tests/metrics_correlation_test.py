@@ -132,6 +132,19 @@ def test_row_sort_matches_numpy_under_jit_and_vmap(batched):
   np.testing.assert_array_equal(sort(x), jnp.sort(x, axis=-1))
 
 
+@pytest.mark.parametrize('batched', [False, True])
+def test_tie_ranks_match_scipy_on_cpu_and_on_the_other_backends_path(batched):
+  # On CPU the host ranks sorted rows (a callback); other backends use _tie_ranks_xla.
+  keys = np.sort(np.asarray(jax.random.randint(jax.random.key(0), (2, 5, 300), 0, 40)),
+                 axis=-1).astype(np.uint32)
+  keys[0, 0] = np.arange(300)  # One row without ties.
+  expected = scipy.stats.rankdata(keys, axis=-1).astype(np.float32)
+  host = jax.jit(jax.vmap(correlation._tie_ranks) if batched
+                 else lambda k: correlation._tie_ranks(k.reshape(10, 300)).reshape(2, 5, 300))
+  np.testing.assert_array_equal(host(keys), expected)
+  np.testing.assert_array_equal(jax.jit(correlation._tie_ranks_xla)(keys), expected)
+
+
 def test_spearman_rejects_maps_too_large_for_exact_ranks():
   with pytest.raises(ValueError, match='2\\*\\*23'):
     metrics.spearman(np.zeros((1, 2**23), np.float32), np.zeros((1, 2**23), np.float32))

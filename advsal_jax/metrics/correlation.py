@@ -130,12 +130,13 @@ def _argsort_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
   idx_bits = max(1, (n - 1).bit_length())
   digit_bits = 32 - idx_bits
   iota = jax.lax.broadcasted_iota(jnp.uint32, keys.shape, 1)
-  perm = iota
+  perm = None
   for shift in range(0, 32, digit_bits):
     digit = (keys >> shift) & jnp.uint32((1 << min(digit_bits, 32 - shift)) - 1)
     packed = _sort_rows((digit << idx_bits) | iota)
     pos = (packed & jnp.uint32((1 << idx_bits) - 1)).astype(jnp.int32)
-    perm = jnp.take_along_axis(perm, pos, axis=1)
+    # The first pass's permutation is ``pos`` itself (no gather of the identity).
+    perm = pos if perm is None else jnp.take_along_axis(perm, pos, axis=1)
     keys = jnp.take_along_axis(keys, pos, axis=1)
   return keys, perm.astype(jnp.int32)
 
@@ -153,15 +154,55 @@ def _ranks_in_sorted_order(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``(r, perm)``: f32[B, N] ranks in [1, N] (half-integers for ties, exact in f32) of the
     sorted values, and the i32[B, N] stable argsort of each row.
   """
-  n = x.shape[1]
   keys, perm = _argsort_keys(_sort_keys(x))
-  iota = jax.lax.broadcasted_iota(jnp.int32, keys.shape, 1)
-  change = keys[:, 1:] != keys[:, :-1]
-  edge = jnp.ones((keys.shape[0], 1), bool)
-  first = jax.lax.cummax(jnp.where(jnp.concatenate([edge, change], axis=1), iota, 0), axis=1)
-  last = jax.lax.cummin(jnp.where(jnp.concatenate([change, edge], axis=1), iota, n - 1), axis=1,
-                        reverse=True)
-  return (first + last).astype(jnp.float32) * 0.5 + 1.0, perm
+  return _tie_ranks(keys), perm
+
+
+def _tie_ranks_xla(keys: jax.Array) -> jax.Array:
+  """Average ranks of sorted u32[B, N] rows: run starts by ``cummax``, run ends by ``cummin``."""
+  n = keys.shape[-1]
+  iota = jax.lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
+  change = keys[..., 1:] != keys[..., :-1]
+  edge = jnp.ones((*keys.shape[:-1], 1), bool)
+  first = jax.lax.cummax(jnp.where(jnp.concatenate([edge, change], axis=-1), iota, 0),
+                         axis=keys.ndim - 1)
+  last = jax.lax.cummin(jnp.where(jnp.concatenate([change, edge], axis=-1), iota, n - 1),
+                        axis=keys.ndim - 1, reverse=True)
+  return (first + last).astype(jnp.float32) * 0.5 + 1.0
+
+
+def _tie_ranks_in_place(ctx, out, keys):
+  """``buffer_callback`` body: ``_tie_ranks_xla`` in NumPy, scanning only rows with ties."""
+  del ctx
+  keys = np.asarray(keys)
+  n = keys.shape[-1]
+  keys = keys.reshape(-1, n)
+  ranks = np.asarray(out).reshape(-1, n)
+  ranks[...] = np.arange(1, n + 1, dtype=np.float32)
+  tied = keys[:, 1:] == keys[:, :-1]
+  rows = np.flatnonzero(tied.any(axis=1))
+  if rows.size:
+    change = ~tied[rows]
+    edge = np.ones((rows.size, 1), bool)
+    iota = np.arange(n)
+    first = np.maximum.accumulate(np.where(np.concatenate([edge, change], 1), iota, 0), axis=1)
+    last = np.minimum.accumulate(
+        np.where(np.concatenate([change, edge], 1), iota, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks[rows] = (first + last).astype(np.float32) * 0.5 + 1.0
+
+
+def _tie_ranks(keys: jax.Array) -> jax.Array:
+  """Average ranks in [1, N] of the sorted rows of u32[B, N] (ties share their mean rank).
+
+  On CPU the host computes them (``_tie_ranks_in_place``): maps rarely have many rows with
+  ties, so the scans run on those rows only, where XLA:CPU's ``cummax``/``cummin`` over every
+  row took 175 ms for 10,000 rows of 1,024 (the host: about 20 ms). Other backends use
+  ``_tie_ranks_xla``. The result is the same.
+  """
+  host = buffer_callback.buffer_callback(
+      _tie_ranks_in_place, jax.ShapeDtypeStruct(keys.shape, jnp.float32),
+      vmap_method='expand_dims')
+  return jax.lax.platform_dependent(keys, cpu=host, default=_tie_ranks_xla)
 
 
 def _row_offsets(perm: jax.Array) -> jax.Array:
