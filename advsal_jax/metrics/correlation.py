@@ -194,10 +194,10 @@ def _tie_ranks_in_place(ctx, out, keys):
 def _tie_ranks(keys: jax.Array) -> jax.Array:
   """Average ranks in [1, N] of the sorted rows of u32[B, N] (ties share their mean rank).
 
-  On CPU the host computes them (``_tie_ranks_in_place``): maps rarely have many rows with
-  ties, so the scans run on those rows only, where XLA:CPU's ``cummax``/``cummin`` over every
-  row took 175 ms for 10,000 rows of 1,024 (the host: about 20 ms). Other backends use
-  ``_tie_ranks_xla``. The result is the same.
+  On CPU the host computes them (``_tie_ranks_in_place``), running the scans only on the
+  rows that have ties: 60-65 ms for 10,000 sorted rows of 1,024 uniform random values (596
+  of them with a tie), where XLA:CPU's ``cummax``/``cummin`` over every row took 200-230 ms.
+  Other backends use ``_tie_ranks_xla``. The result is the same.
   """
   host = buffer_callback.buffer_callback(
       _tie_ranks_in_place, jax.ShapeDtypeStruct(keys.shape, jnp.float32),
