@@ -123,8 +123,8 @@ def _argsort_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   One u32 operand sorts several times faster than (f32 value, index) pairs, so this is an LSD
   radix sort whose passes are single-operand sorts of packed words: (next digit of the key,
-  position after the previous pass). With N <= 1024, 10 bits hold the position and two 22-bit
-  passes cover the key.
+  position after the previous pass). With N = 1024, 10 bits hold the position, and a 22-bit
+  pass (the low digits) then a 10-bit pass (the high ones) cover the key.
   """
   n = keys.shape[1]
   idx_bits = max(1, (n - 1).bit_length())
@@ -138,7 +138,7 @@ def _argsort_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
     # The first pass's permutation is ``pos`` itself (no gather of the identity).
     perm = pos if perm is None else jnp.take_along_axis(perm, pos, axis=1)
     keys = jnp.take_along_axis(keys, pos, axis=1)
-  return keys, perm.astype(jnp.int32)
+  return keys, perm
 
 
 def _ranks_in_sorted_order(x: jax.Array) -> tuple[jax.Array, jax.Array]:
