@@ -9,7 +9,7 @@ import pytest
 
 from advsal_jax import attacks
 
-from conftest import tanh_mlp as _apply_fn, tanh_mlp_params
+from testing_utils import tanh_mlp as _apply_fn, tanh_mlp_params
 
 _B, _H, _W, _C, _K = 3, 4, 4, 2, 3
 _F = _H * _W * _C

@@ -7,7 +7,7 @@ import pytest
 
 from advsal_jax import attacks
 
-from conftest import linear_apply as _linear
+from testing_utils import linear_apply as _linear
 
 _B, _H, _W, _C = 4, 3, 3, 2
 _F = _H * _W * _C

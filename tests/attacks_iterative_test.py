@@ -11,7 +11,7 @@ import pytest
 
 from advsal_jax import attacks
 
-from conftest import linear_apply as _linear, tanh_mlp as _mlp, tanh_mlp_params
+from testing_utils import linear_apply as _linear, tanh_mlp as _mlp, tanh_mlp_params
 
 _B, _H, _W, _C, _K = 3, 4, 4, 2, 3
 _F = _H * _W * _C

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from advsal_jax import data
-from conftest import write_official_cifar
+from testing_utils import write_official_cifar
 
 
 def _write_idx(path: pathlib.Path, arr: np.ndarray, magic: int):
