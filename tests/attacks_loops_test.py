@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advsal_jax.attacks import loops
+from advsal_jax.attacks import _loops
 
 
 def _plain(body, active, carry, consts, max_iter):
@@ -37,7 +37,7 @@ def _toy():
 def test_equals_the_plain_loop(max_iter, shrink):
   body, active, carry, consts = _toy()
   plain = _plain(body, active, carry, consts, max_iter)
-  run = jax.jit(lambda c, k: loops.shrinking_while_loop(body, active, c, k, max_iter=max_iter,
+  run = jax.jit(lambda c, k: _loops.shrinking_while_loop(body, active, c, k, max_iter=max_iter,
                                                         shrink=shrink))
   shrunk = run(carry, consts)
   # Every example iterates min(goal, max_iter) times, in stages or not.
@@ -46,12 +46,12 @@ def test_equals_the_plain_loop(max_iter, shrink):
 
 
 def test_stage_sizes():
-  assert loops.stage_sizes(64, 4) == [64, 16, 4, 1]
-  assert loops.stage_sizes(13, 2) == [13, 7, 4, 2, 1]
-  assert loops.stage_sizes(1, 4) == [1]
+  assert _loops.stage_sizes(64, 4) == [64, 16, 4, 1]
+  assert _loops.stage_sizes(13, 2) == [13, 7, 4, 2, 1]
+  assert _loops.stage_sizes(1, 4) == [1]
 
 
 def test_bad_shrink_is_rejected():
   body, active, carry, consts = _toy()
   with pytest.raises(ValueError, match='shrink'):
-    loops.shrinking_while_loop(body, active, carry, consts, max_iter=3, shrink=1)
+    _loops.shrinking_while_loop(body, active, carry, consts, max_iter=3, shrink=1)

@@ -8,7 +8,7 @@ import scipy.spatial.distance
 import scipy.stats
 
 from advsal_jax import metrics
-from advsal_jax.metrics import correlation
+from advsal_jax.metrics import _correlation
 
 _RNG = np.random.default_rng(0)
 _A = _RNG.normal(size=(6, 16, 16)).astype(np.float32)
@@ -126,8 +126,8 @@ def test_spearman_under_vmap_equals_the_batched_call():
 def test_row_sort_matches_numpy_under_jit_and_vmap(batched):
   # On CPU the rows are sorted by the host (a callback); the result must be NumPy's sort.
   x = jax.random.bits(jax.random.key(0), (2, 5, 300), jnp.uint32)
-  sort = jax.jit(jax.vmap(correlation._sort_rows) if batched
-                 else lambda v: correlation._sort_rows(v.reshape(10, 300)).reshape(2, 5, 300))
+  sort = jax.jit(jax.vmap(_correlation._sort_rows) if batched
+                 else lambda v: _correlation._sort_rows(v.reshape(10, 300)).reshape(2, 5, 300))
   np.testing.assert_array_equal(sort(x), np.sort(np.asarray(x), axis=-1))
   np.testing.assert_array_equal(sort(x), jnp.sort(x, axis=-1))
 
@@ -139,10 +139,10 @@ def test_tie_ranks_match_scipy_on_cpu_and_on_the_other_backends_path(batched):
                  axis=-1).astype(np.uint32)
   keys[0, 0] = np.arange(300)  # One row without ties.
   expected = scipy.stats.rankdata(keys, axis=-1).astype(np.float32)
-  host = jax.jit(jax.vmap(correlation._tie_ranks) if batched
-                 else lambda k: correlation._tie_ranks(k.reshape(10, 300)).reshape(2, 5, 300))
+  host = jax.jit(jax.vmap(_correlation._tie_ranks) if batched
+                 else lambda k: _correlation._tie_ranks(k.reshape(10, 300)).reshape(2, 5, 300))
   np.testing.assert_array_equal(host(keys), expected)
-  np.testing.assert_array_equal(jax.jit(correlation._tie_ranks_xla)(keys), expected)
+  np.testing.assert_array_equal(jax.jit(_correlation._tie_ranks_xla)(keys), expected)
 
 
 def test_spearman_rejects_maps_too_large_for_exact_ranks():

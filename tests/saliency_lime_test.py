@@ -1,7 +1,5 @@
 """LIME: a model that looks at one superpixel ranks it first; ridge and segmentation parity."""
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +7,7 @@ import pytest
 import skimage.segmentation
 
 from advsal_jax import saliency
-
-lime_lib = importlib.import_module('advsal_jax.saliency.lime')  # `saliency.lime` is the function
+from advsal_jax.saliency import _lime
 
 
 def _blob_images():
@@ -54,7 +51,7 @@ def test_weighted_ridge_matches_normal_equations():
   z = rng.integers(0, 2, size=(50, 6)).astype(np.float32)
   y = rng.normal(size=50).astype(np.float32)
   w = rng.uniform(0.1, 1.0, size=50).astype(np.float32)
-  beta, c = lime_lib.weighted_ridge(jnp.asarray(z), jnp.asarray(y), jnp.asarray(w), alpha=1.0)
+  beta, c = _lime.weighted_ridge(jnp.asarray(z), jnp.asarray(y), jnp.asarray(w), alpha=1.0)
   # Augmented design [1, z] with the intercept unpenalised.
   design = np.concatenate([np.ones((50, 1)), z], axis=1).astype(np.float64)
   penalty = np.diag([0.0] + [1.0] * 6)

@@ -8,19 +8,19 @@ binaries.
 
 from typing import Callable
 
-from advsal_jax.attacks.carlini_wagner import carlini_wagner_l2
-from advsal_jax.attacks.deepfool import deepfool
-from advsal_jax.attacks.evaluate import AttackEvaluation
-from advsal_jax.attacks.evaluate import evaluate_attack
-from advsal_jax.attacks.fgsm import fgsm
-from advsal_jax.attacks.iterative import bim
-from advsal_jax.attacks.iterative import mim
-from advsal_jax.attacks.iterative import pgd
-from advsal_jax.attacks.jsma import jsma
-from advsal_jax.attacks.loops import shrinking_while_loop
-from advsal_jax.attacks.objectives import cross_entropy
-from advsal_jax.attacks.objectives import cw_margin
-from advsal_jax.attacks.objectives import Objective
+from advsal_jax.attacks._carlini_wagner import carlini_wagner_l2
+from advsal_jax.attacks._deepfool import deepfool
+from advsal_jax.attacks._evaluate import AttackEvaluation
+from advsal_jax.attacks._evaluate import evaluate_attack
+from advsal_jax.attacks._fgsm import fgsm
+from advsal_jax.attacks._iterative import bim
+from advsal_jax.attacks._iterative import mim
+from advsal_jax.attacks._iterative import pgd
+from advsal_jax.attacks._jsma import jsma
+from advsal_jax.attacks._loops import shrinking_while_loop
+from advsal_jax.attacks._objectives import cross_entropy
+from advsal_jax.attacks._objectives import cw_margin
+from advsal_jax.attacks._objectives import Objective
 
 ATTACKS: dict[str, Callable[..., object]] = {
     'fgsm': fgsm,

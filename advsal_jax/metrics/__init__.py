@@ -6,27 +6,27 @@ feature vectors, ``top_k_mask`` a mask); each matches the scipy/skimage referenc
 docstring. ``mann_whitney_u`` and ``bootstrap_ci`` run on the host with scipy.
 """
 
-from advsal_jax.metrics.correlation import cosine
-from advsal_jax.metrics.correlation import l2_distance
-from advsal_jax.metrics.correlation import pearson
-from advsal_jax.metrics.correlation import spearman
-from advsal_jax.metrics.hog import hog
-from advsal_jax.metrics.hog import hog_pearson
-from advsal_jax.metrics.hog import hog_spearman
-from advsal_jax.metrics.localization import avg_diff
-from advsal_jax.metrics.localization import hamming_likeness
-from advsal_jax.metrics.localization import jaccard
-from advsal_jax.metrics.localization import sim_ratio
-from advsal_jax.metrics.localization import top_k_mask
-from advsal_jax.metrics.norms import l0_norm
-from advsal_jax.metrics.norms import l2_norm
-from advsal_jax.metrics.norms import linf_norm
-from advsal_jax.metrics.ssim import mean_ssim
-from advsal_jax.metrics.ssim import ssim
-from advsal_jax.metrics.stats import MannWhitneyResult
-from advsal_jax.metrics.stats import MeanCI
-from advsal_jax.metrics.stats import bootstrap_ci
-from advsal_jax.metrics.stats import mann_whitney_u
+from advsal_jax.metrics._correlation import cosine
+from advsal_jax.metrics._correlation import l2_distance
+from advsal_jax.metrics._correlation import pearson
+from advsal_jax.metrics._correlation import spearman
+from advsal_jax.metrics._hog import hog
+from advsal_jax.metrics._hog import hog_pearson
+from advsal_jax.metrics._hog import hog_spearman
+from advsal_jax.metrics._localization import avg_diff
+from advsal_jax.metrics._localization import hamming_likeness
+from advsal_jax.metrics._localization import jaccard
+from advsal_jax.metrics._localization import sim_ratio
+from advsal_jax.metrics._localization import top_k_mask
+from advsal_jax.metrics._norms import l0_norm
+from advsal_jax.metrics._norms import l2_norm
+from advsal_jax.metrics._norms import linf_norm
+from advsal_jax.metrics._ssim import mean_ssim
+from advsal_jax.metrics._ssim import ssim
+from advsal_jax.metrics._stats import MannWhitneyResult
+from advsal_jax.metrics._stats import MeanCI
+from advsal_jax.metrics._stats import bootstrap_ci
+from advsal_jax.metrics._stats import mann_whitney_u
 
 __all__ = [
     'MannWhitneyResult',

@@ -4,33 +4,32 @@ Every method has the signature ``method(apply_fn, params, x, target, *, key=None
 explains the pre-softmax logit of ``target[b]`` and returns ``f32[B,H,W,C]`` (``[B,H,W,1]``
 for the CAM family). ``METHODS`` maps names to methods for experiment binaries.
 
-Note: the functions ``saliency.cam`` and ``saliency.lime`` shadow the submodules of the same
-name as package attributes; reach the modules (e.g. ``lime.weighted_ridge``) with
-``importlib.import_module('advsal_jax.saliency.lime')``. The diagnostics of Gu & Tresp that
-compare two maps (``sim_ratio``, ``avg_diff``) live in ``advsal_jax.metrics``.
+The implementation modules are private (``_gradients.py``, ``_lime.py``, ...): use the
+names exported here. The diagnostics of Gu & Tresp that compare two maps (``sim_ratio``,
+``avg_diff``) live in ``advsal_jax.metrics``.
 """
 
 from typing import Callable
 
 import jax
 
-from advsal_jax.saliency.cam import cam
-from advsal_jax.saliency.cam import grad_cam
-from advsal_jax.saliency.cam import guided_grad_cam
-from advsal_jax.saliency.gradients import gradient
-from advsal_jax.saliency.gradients import gradient_x_input
-from advsal_jax.saliency.guided import enhanced_guided_backprop
-from advsal_jax.saliency.guided import guided_backprop
-from advsal_jax.saliency.guided import guided_relu
-from advsal_jax.saliency.guided import with_guided_relu
-from advsal_jax.saliency.integrated_gradients import integrated_gradients
-from advsal_jax.saliency.lime import lime
-from advsal_jax.saliency.lime import lime_explain
-from advsal_jax.saliency.lime import LimeResult
-from advsal_jax.saliency.lime import segment_images
-from advsal_jax.saliency.postprocess import normalize
-from advsal_jax.saliency.postprocess import to_heatmap
-from advsal_jax.saliency.smoothgrad import smoothgrad
+from advsal_jax.saliency._cam import cam
+from advsal_jax.saliency._cam import grad_cam
+from advsal_jax.saliency._cam import guided_grad_cam
+from advsal_jax.saliency._gradients import gradient
+from advsal_jax.saliency._gradients import gradient_x_input
+from advsal_jax.saliency._guided import enhanced_guided_backprop
+from advsal_jax.saliency._guided import guided_backprop
+from advsal_jax.saliency._guided import guided_relu
+from advsal_jax.saliency._guided import with_guided_relu
+from advsal_jax.saliency._integrated_gradients import integrated_gradients
+from advsal_jax.saliency._lime import lime
+from advsal_jax.saliency._lime import lime_explain
+from advsal_jax.saliency._lime import LimeResult
+from advsal_jax.saliency._lime import segment_images
+from advsal_jax.saliency._postprocess import normalize
+from advsal_jax.saliency._postprocess import to_heatmap
+from advsal_jax.saliency._smoothgrad import smoothgrad
 
 METHODS: dict[str, Callable[..., jax.Array]] = {
     'gradient': gradient,

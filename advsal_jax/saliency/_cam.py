@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from advsal_jax import rewrites
-from advsal_jax.saliency import gradients
-from advsal_jax.saliency import guided
+from advsal_jax.saliency import _gradients
+from advsal_jax.saliency import _guided
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 
@@ -84,7 +84,7 @@ def _activation_and_grad(apply_fn, params, x, target, path, aval, *, with_grad=T
       return out
 
     with nn.intercept_methods(perturb):
-      score = gradients.target_logits(apply_fn, params, x, target).sum()
+      score = _gradients.target_logits(apply_fn, params, x, target).sum()
     return score, captured[0]
 
   delta = jnp.zeros(aval.shape, aval.dtype)
@@ -108,7 +108,7 @@ def grad_cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
 
   Explains the pre-softmax logit ``S`` of ``target[b]``. ``A`` is the output of the flax
   module ``layer``; the map is computed at the layer's resolution, then upsampled
-  bilinearly to the input size. Not normalised (see ``postprocess.normalize``).
+  bilinearly to the input size. Not normalised (see ``saliency.normalize``).
 
   Args:
     apply_fn: a flax.linen ``apply_fn(params, x) -> logits f32[B,K]`` (e.g. ``model.apply``),
@@ -130,7 +130,7 @@ def grad_cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     that?", arXiv:1611.07450).
   """
   del key
-  gradients.check_inputs(apply_fn, params, x, target)
+  _gradients.check_inputs(apply_fn, params, x, target)
   x = jnp.asarray(x)
   path, aval = _find_layer(apply_fn, params, x, layer)
   act, grad = _activation_and_grad(apply_fn, params, x, jnp.asarray(target), path, aval)
@@ -164,7 +164,7 @@ def guided_grad_cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     Selvaraju et al., Grad-CAM, arXiv:1610.02391.
   """
   cam_map = grad_cam(apply_fn, params, x, target, key=key, layer=layer)
-  return guided.guided_backprop(apply_fn, params, x, target) * cam_map
+  return _guided.guided_backprop(apply_fn, params, x, target) * cam_map
 
 
 def _dense_kernel(params: Params, dense: str) -> jax.Array:
@@ -210,7 +210,7 @@ def cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     Zhou et al., Learning Deep Features for Discriminative Localization, arXiv:1512.04150.
   """
   del key
-  num_classes = gradients.check_inputs(apply_fn, params, x, target)
+  num_classes = _gradients.check_inputs(apply_fn, params, x, target)
   x = jnp.asarray(x)
   path, aval = _find_layer(apply_fn, params, x, layer)
   kernel = _dense_kernel(params, dense)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from advsal_jax.metrics.correlation import _check_array
+from advsal_jax.metrics._correlation import _check_array
 
 
 def l0_norm(delta: ArrayLike, *, atol: float = 0.0, per_pixel: bool = False) -> jax.Array:

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from advsal_jax.metrics.correlation import _check_array
-from advsal_jax.metrics.correlation import _check_pair
+from advsal_jax.metrics._correlation import _check_array
+from advsal_jax.metrics._correlation import _check_pair
 
 
 def _check_masks(mask_a: ArrayLike, mask_b: ArrayLike) -> tuple[jax.Array, jax.Array]:

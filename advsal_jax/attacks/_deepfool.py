@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from advsal_jax import rewrites
-from advsal_jax.attacks import loops
-from advsal_jax.attacks import objectives
-from advsal_jax.attacks import projections
+from advsal_jax.attacks import _loops
+from advsal_jax.attacks import _objectives
+from advsal_jax.attacks import _projections
 from advsal_jax.types import ApplyFn, Params
 
 _TINY = 1e-12
@@ -29,7 +29,7 @@ def deepfool(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   candidate gradients of a step come from one vjp evaluated on a batch of ``num_classes``
   cotangents (``vmap`` of the vjp). Examples stop updating once fooled; the loop exits when all
   are fooled or after ``max_iter`` steps, and runs on ever smaller batches as examples finish
-  (``loops.shrinking_while_loop``), so a few hard examples do not keep the whole batch busy.
+  (``attacks.shrinking_while_loop``), so a few hard examples do not keep the whole batch busy.
   The reference implementation adds 1e-4 to each step length; here the overshoot alone
   pushes the iterate across the boundary, so a linear classifier is fooled in exactly one
   step of ``(1 + overshoot)`` times the minimal perturbation.
@@ -62,17 +62,17 @@ def deepfool(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     neural networks, arXiv:1511.04599.
   """
   del key
-  bounds = projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
-  projections.check_budget(overshoot, 'overshoot', batch=jnp.shape(x)[0])
-  projections.check_count(max_iter, 'max_iter')
-  projections.check_count(num_classes, 'num_classes', minimum=2)
-  k_model = projections.num_classes(apply_fn, params, x)
+  bounds = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  _projections.check_budget(overshoot, 'overshoot', batch=jnp.shape(x)[0])
+  _projections.check_count(max_iter, 'max_iter')
+  _projections.check_count(num_classes, 'num_classes', minimum=2)
+  k_model = _projections.num_classes(apply_fn, params, x)
   num_classes = min(num_classes, k_model)
   x = jnp.asarray(x)
   labels = jnp.asarray(labels)
   batch = x.shape[0]
-  m = projections.prepare_mask(mask, x)
-  scale = jnp.broadcast_to(1.0 + projections.per_example(overshoot, x),
+  m = _projections.prepare_mask(mask, x)
+  scale = jnp.broadcast_to(1.0 + _projections.per_example(overshoot, x),
                            (batch,) + (1,) * (x.ndim - 1))
   axes = tuple(range(1, x.ndim))
   fast_apply = rewrites.fast_gradients(apply_fn)
@@ -86,7 +86,7 @@ def deepfool(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     candidates = jax.lax.top_k(others, num_classes - 1)[1]
 
   def active(carry, consts):
-    return ~objectives.succeeded(carry[2], consts[1], targeted=targeted)
+    return ~_objectives.succeeded(carry[2], consts[1], targeted=targeted)
 
   def body(carry, consts):
     r_tot, x_adv, logits = carry
@@ -109,10 +109,10 @@ def deepfool(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     n_l = jnp.take_along_axis(w_norm, nearest[None], axis=0)[0]
     step = jnp.abs(f_l) / (jnp.square(n_l) + _TINY) * go
     r_tot = r_tot + step.reshape(scale_b.shape) * w_l
-    x_adv = projections.clip_to_bounds(x0 + scale_b * r_tot, bounds)
+    x_adv = _projections.clip_to_bounds(x0 + scale_b * r_tot, bounds)
     return r_tot, x_adv, forward(x_adv)
 
   carry = (jnp.zeros_like(x), x, logits0)
   consts = (x, labels, candidates, m, scale)
-  _, x_adv, _ = loops.shrinking_while_loop(body, active, carry, consts, max_iter=max_iter)
+  _, x_adv, _ = _loops.shrinking_while_loop(body, active, carry, consts, max_iter=max_iter)
   return x_adv

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import skimage.segmentation
 
-from advsal_jax.saliency import gradients
+from advsal_jax.saliency import _gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 SEGMENTATIONS = ('quickshift', 'felzenszwalb', 'slic')
@@ -156,13 +156,13 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   References:
     Ribeiro, Singh, Guestrin, "Why Should I Trust You?", arXiv:1602.04938.
   """
-  gradients.check_inputs(apply_fn, params, x, target)
-  gradients.check_positive_int(num_samples, 'num_samples')
+  _gradients.check_inputs(apply_fn, params, x, target)
+  _gradients.check_positive_int(num_samples, 'num_samples')
   if batch_size is not None:
-    gradients.check_positive_int(batch_size, 'batch_size')
+    _gradients.check_positive_int(batch_size, 'batch_size')
   x_shape = tuple(np.shape(x))
   batch, height, width, channels = x_shape
-  keys = gradients.per_example_keys(key, batch, 'lime')
+  keys = _gradients.per_example_keys(key, batch, 'lime')
   if segments is None:
     if isinstance(x, jax.core.Tracer):
       raise ValueError('lime segments images on the host; under jax.jit pass segments= '
@@ -177,7 +177,7 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     if not concrete:
       raise ValueError('num_segments (static) is required when segments is traced.')
     num_segments = int(np.max(segments)) + 1
-  gradients.check_positive_int(num_segments, 'num_segments')
+  _gradients.check_positive_int(num_segments, 'num_segments')
   if concrete and (np.min(segments) < 0 or np.max(segments) >= num_segments):
     raise ValueError(f'segments must lie in [0, {num_segments}), got '
                      f'[{np.min(segments)}, {np.max(segments)}].')
@@ -211,7 +211,7 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     on = jax.vmap(lambda zs: jax.vmap(lambda zb, g: zb[g])(zs, segments))(z_chunk)[..., None]
     images = on * x[None] + (1.0 - on) * fill_image[None]
     t = jnp.tile(target, c)
-    return gradients.target_logits(apply_fn, params, images.reshape(c * batch, *x_shape[1:]),
+    return _gradients.target_logits(apply_fn, params, images.reshape(c * batch, *x_shape[1:]),
                                    t).reshape(c, batch)
 
   size = num_samples if batch_size is None else min(batch_size, num_samples)

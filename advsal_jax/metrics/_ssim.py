@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from advsal_jax.metrics.correlation import _check_pair
+from advsal_jax.metrics._correlation import _check_pair
 
 _TRUNCATE = 3.5  # skimage's choice: an 11-tap filter at sigma = 1.5, as in Wang et al.
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advsal_jax import rewrites
-from advsal_jax.saliency import gradients
+from advsal_jax.saliency import _gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 RULES = ('riemann_left', 'riemann_right', 'riemann_midpoint', 'trapezoid')
@@ -21,7 +21,7 @@ def quadrature(rule: str, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
   Raises:
     ValueError: unknown rule or non-positive ``num_steps``.
   """
-  gradients.check_positive_int(num_steps, 'num_steps')
+  _gradients.check_positive_int(num_steps, 'num_steps')
   m = num_steps
   k = np.arange(m, dtype=np.float64)
   if rule == 'riemann_left':
@@ -74,10 +74,10 @@ def integrated_gradients(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
     Sundararajan, Taly, Yan, Axiomatic Attribution for Deep Networks, arXiv:1703.01365.
   """
   del key
-  gradients.check_inputs(apply_fn, params, x, target)
+  _gradients.check_inputs(apply_fn, params, x, target)
   alphas, weights = quadrature(rule, num_steps)
   if batch_size is not None:
-    gradients.check_positive_int(batch_size, 'batch_size')
+    _gradients.check_positive_int(batch_size, 'batch_size')
   x = jnp.asarray(x)
   target = jnp.asarray(target)
   if baseline is None:
@@ -101,10 +101,10 @@ def integrated_gradients(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
     a5 = a.reshape(c, 1, 1, 1, 1)
     points = (baseline[None] + a5 * delta[None]).reshape(c * batch, *x.shape[1:])
     t = jnp.tile(target, c)
-    grads = jax.grad(lambda p: gradients.target_logits(fast_apply, params, p, t).sum())(points)
+    grads = jax.grad(lambda p: _gradients.target_logits(fast_apply, params, p, t).sum())(points)
     return jnp.einsum('c,cbhwk->bhwk', w * valid, grads.reshape(c, *x.shape))
 
-  path_integral = gradients.chunked_sum(
+  path_integral = _gradients.chunked_sum(
       chunk_sum, (jnp.asarray(alphas), jnp.asarray(weights)), num_items=len(alphas),
       batch_size=batch_size)
   return delta * path_integral

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import optax
 
 from advsal_jax import rewrites
-from advsal_jax.attacks import objectives
-from advsal_jax.attacks import projections
+from advsal_jax.attacks import _objectives
+from advsal_jax.attacks import _projections
 from advsal_jax.types import ApplyFn, Params
 
 _UPPER = 1e10  # "no successful constant yet" (the reference implementation's sentinel)
@@ -24,7 +24,7 @@ def carlini_wagner_l2(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike
                       initial_const: jax.typing.ArrayLike = 1e-3,
                       binary_search_steps: int = 9, max_iterations: int = 10000,
                       abort_early: bool = True,
-                      objective: Union[str, objectives.Objective] = 'cw_margin') -> jax.Array:
+                      objective: Union[str, _objectives.Objective] = 'cw_margin') -> jax.Array:
   """Minimises ``||x' - x||_2^2 + c * max(-s(x'), -kappa)`` over ``x' = box(tanh(w))``.
 
   ``s`` is the signed objective (``cw_margin`` by default: the logit margin by which the true
@@ -68,17 +68,17 @@ def carlini_wagner_l2(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike
     Carlini & Wagner, Towards Evaluating the Robustness of Neural Networks, arXiv:1608.04644.
   """
   del key
-  lo, hi = projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  lo, hi = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
   batch = jnp.shape(x)[0]
-  projections.check_budget(confidence, 'confidence', batch=batch)
-  projections.check_budget(learning_rate, 'learning_rate', batch=batch, positive=True)
-  projections.check_budget(initial_const, 'initial_const', batch=batch, positive=True)
-  projections.check_count(binary_search_steps, 'binary_search_steps')
-  projections.check_count(max_iterations, 'max_iterations')
-  fn = objectives.signed_objective(objective, targeted=targeted)
+  _projections.check_budget(confidence, 'confidence', batch=batch)
+  _projections.check_budget(learning_rate, 'learning_rate', batch=batch, positive=True)
+  _projections.check_budget(initial_const, 'initial_const', batch=batch, positive=True)
+  _projections.check_count(binary_search_steps, 'binary_search_steps')
+  _projections.check_count(max_iterations, 'max_iterations')
+  fn = _objectives.signed_objective(objective, targeted=targeted)
   x = jnp.asarray(x)
   labels = jnp.asarray(labels)
-  m = projections.prepare_mask(mask, x) > 0
+  m = _projections.prepare_mask(mask, x) > 0
   kappa = jnp.broadcast_to(jnp.asarray(confidence, x.dtype), (batch,))
   half = (hi - lo) / 2
 
@@ -86,7 +86,7 @@ def carlini_wagner_l2(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike
     return jnp.where(m, lo + half * (jnp.tanh(w) + 1.0), x)
 
   w0 = jnp.arctanh(jnp.clip((x - lo) / half - 1.0, -1 + 1e-6, 1 - 1e-6))
-  optimizer = optax.adam(projections.per_example(learning_rate, x))
+  optimizer = optax.adam(_projections.per_example(learning_rate, x))
   check_every = max(max_iterations // 10, 1)
   axes = tuple(range(1, x.ndim))
 
@@ -111,7 +111,7 @@ def carlini_wagner_l2(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike
     def body(inner):
       it, w, opt_state, best_l2sq, best_adv, found, prev, stop = inner
       (loss, (x_adv, logits, l2sq)), grad = grad_fn(w, const)
-      success = objectives.succeeded(logits, labels, targeted=targeted, confidence=kappa)
+      success = _objectives.succeeded(logits, labels, targeted=targeted, confidence=kappa)
       better = success & (l2sq < best_l2sq)
       best_l2sq = jnp.where(better, l2sq, best_l2sq)
       best_adv = jnp.where(better.reshape((-1,) + (1,) * len(axes)), x_adv, best_adv)

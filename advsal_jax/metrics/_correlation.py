@@ -329,7 +329,7 @@ def l2_distance(a: ArrayLike, b: ArrayLike, *, normalize: str | None = None) -> 
   """Euclidean distance ``||a - b||_2`` between paired maps, over all their pixels.
 
   Study 003 compares L2 distances between the saliency maps of natural and adversarial images
-  (with a Mann-Whitney U test, see ``stats.mann_whitney_u``).
+  (with a Mann-Whitney U test, see ``metrics.mann_whitney_u``).
 
   Args:
     a: f32[B, ...] maps; finite.

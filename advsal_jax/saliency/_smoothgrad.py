@@ -5,14 +5,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from advsal_jax.saliency import gradients
+from advsal_jax.saliency import _gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 
 def smoothgrad(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
                target: jax.typing.ArrayLike, *, key: PRNGKey | None = None,
                num_samples: int = 50, noise_level: float = 0.15,
-               base: Callable[..., jax.Array] = gradients.gradient, squared: bool = False,
+               base: Callable[..., jax.Array] = _gradients.gradient, squared: bool = False,
                batch_size: int | None = 16) -> jax.Array:
   """SmoothGrad: ``mean_i base(x + g_i)`` with ``g_i ~ N(0, sigma^2)`` (000 eq. 1).
 
@@ -49,16 +49,16 @@ def smoothgrad(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   References:
     Smilkov et al., SmoothGrad: removing noise by adding noise, arXiv:1706.03825.
   """
-  gradients.check_inputs(apply_fn, params, x, target)
-  gradients.check_positive_int(num_samples, 'num_samples')
+  _gradients.check_inputs(apply_fn, params, x, target)
+  _gradients.check_positive_int(num_samples, 'num_samples')
   if batch_size is not None:
-    gradients.check_positive_int(batch_size, 'batch_size')
+    _gradients.check_positive_int(batch_size, 'batch_size')
   if not callable(base):
     raise TypeError(f'base must be a saliency method (callable), got {base!r}.')
   x = jnp.asarray(x)
   target = jnp.asarray(target)
   batch = x.shape[0]
-  keys = gradients.per_example_keys(key, batch, 'smoothgrad')
+  keys = _gradients.per_example_keys(key, batch, 'smoothgrad')
   sigma = noise_level * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
   sigma = sigma.reshape(batch, 1, 1, 1)
 
@@ -74,6 +74,6 @@ def smoothgrad(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
       maps = maps * maps
     return jnp.einsum('c,cbhwk->bhwk', valid, maps)
 
-  total = gradients.chunked_sum(chunk_sum, jnp.arange(num_samples), num_items=num_samples,
+  total = _gradients.chunked_sum(chunk_sum, jnp.arange(num_samples), num_items=num_samples,
                                 batch_size=batch_size)
   return total / num_samples

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from advsal_jax import rewrites
-from advsal_jax.attacks import loops
-from advsal_jax.attacks import objectives
-from advsal_jax.attacks import projections
+from advsal_jax.attacks import _loops
+from advsal_jax.attacks import _objectives
+from advsal_jax.attacks import _projections
 from advsal_jax.types import ApplyFn, Params
 
 _OUTPUTS = {'probabilities': jax.nn.softmax, 'logits': lambda logits: logits}
@@ -41,7 +41,7 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   domain (each feature is changed at most once, as in cleverhans). An example stops when the
   target has the largest logit, when another pair would change more than ``gamma * F``
   features, or when fewer than two features remain; the loop exits when every example
-  stopped, running on ever smaller batches as examples stop (``loops.shrinking_while_loop``).
+  stopped, running on ever smaller batches as examples stop (``attacks.shrinking_while_loop``).
 
   Defaults: theta = 1, gamma = 0.1 (cleverhans; Papernot et al. use gamma = 14.5 % on MNIST),
   softmax outputs. On the committed MNIST CNN (first 100 test images, gamma 14.5 %, random
@@ -78,11 +78,11 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   if not targeted:
     raise ValueError('jsma is a targeted attack (Papernot et al.): pass targeted=True and '
                      'target classes as labels, got targeted=False.')
-  lo, hi = projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  lo, hi = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
   batch = jnp.shape(x)[0]
-  projections.check_budget(theta, 'theta', batch=batch, positive=True, signed=True)
-  projections.check_budget(gamma, 'gamma', batch=batch)
-  projections.check_count(num_candidates, 'num_candidates', minimum=2)
+  _projections.check_budget(theta, 'theta', batch=batch, positive=True, signed=True)
+  _projections.check_budget(gamma, 'gamma', batch=batch)
+  _projections.check_count(num_candidates, 'num_candidates', minimum=2)
   if output not in _OUTPUTS:
     raise ValueError(f'output must be one of {sorted(_OUTPUTS)}, got {output!r}.')
   x = jnp.asarray(x)
@@ -90,7 +90,7 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   shape = x.shape
   n_features = x[0].size
   k = min(num_candidates, n_features)
-  k_model = projections.num_classes(apply_fn, params, x)
+  k_model = _projections.num_classes(apply_fn, params, x)
   fast_apply = rewrites.fast_gradients(apply_fn)
   forward = lambda flat: fast_apply(params, flat.reshape(-1, *shape[1:]))
   differentiated = lambda flat: _OUTPUTS[output](forward(flat))
@@ -98,14 +98,14 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   increase = theta > 0
   budget = jnp.floor(jnp.broadcast_to(jnp.asarray(gamma, x.dtype), (batch,)) * n_features)
   flat0 = x.reshape(batch, -1)
-  masked_in = projections.prepare_mask(mask, x).reshape(batch, -1) > 0
+  masked_in = _projections.prepare_mask(mask, x).reshape(batch, -1) > 0
   domain0 = masked_in & jnp.where(increase[:, None], flat0 < hi, flat0 > lo)
   off_diagonal = ~jnp.eye(k, dtype=bool)[None]
 
   def active(carry, consts):
     _, domain, changed, logits = carry
     lab, _, budget_b = consts
-    return (~objectives.succeeded(logits, lab, targeted=True) & (changed + 2 <= budget_b)
+    return (~_objectives.succeeded(logits, lab, targeted=True) & (changed + 2 <= budget_b)
             & (jnp.sum(domain, axis=1) >= 2))
 
   def body(carry, consts):
@@ -142,6 +142,6 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     return flat, domain, changed, forward(flat)
 
   carry = (flat0, domain0, jnp.zeros((batch,), x.dtype), forward(flat0))
-  flat, *_ = loops.shrinking_while_loop(body, active, carry, (labels, theta, budget),
+  flat, *_ = _loops.shrinking_while_loop(body, active, carry, (labels, theta, budget),
                                         max_iter=n_features // 2)
   return flat.reshape(shape)

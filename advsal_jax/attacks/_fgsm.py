@@ -5,8 +5,8 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 
-from advsal_jax.attacks import objectives
-from advsal_jax.attacks import projections
+from advsal_jax.attacks import _objectives
+from advsal_jax.attacks import _projections
 from advsal_jax.types import ApplyFn, Params
 
 
@@ -15,7 +15,7 @@ def fgsm(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
          bounds: tuple[float, float] = (0.0, 1.0), mask: Optional[jax.typing.ArrayLike] = None,
          key: Optional[jax.Array] = None, eps: jax.typing.ArrayLike = 8 / 255,
          norm: str = 'linf',
-         objective: Union[str, objectives.Objective] = 'cross_entropy') -> jax.Array:
+         objective: Union[str, _objectives.Objective] = 'cross_entropy') -> jax.Array:
   """One gradient step of size ``eps``: ``x + eps * sign(grad)`` (L-inf) or ``eps * g/||g||``.
 
   Untargeted steps up the objective of the true class, targeted steps down that of the target.
@@ -45,12 +45,12 @@ def fgsm(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     arXiv:1412.6572.
   """
   del key
-  bounds = projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
-  projections.check_budget(eps, 'eps', batch=jnp.shape(x)[0])
-  projections.check_norm(norm)
-  fn = objectives.signed_objective(objective, targeted=targeted)
+  bounds = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  _projections.check_budget(eps, 'eps', batch=jnp.shape(x)[0])
+  _projections.check_norm(norm)
+  fn = _objectives.signed_objective(objective, targeted=targeted)
   x = jnp.asarray(x)
-  m = projections.prepare_mask(mask, x)
-  grad = objectives.input_gradient(apply_fn, params, x, jnp.asarray(labels), fn) * m
-  step = projections.per_example(eps, x) * projections.steepest_ascent(grad, norm)
-  return projections.clip_to_bounds(x + step * m, bounds)
+  m = _projections.prepare_mask(mask, x)
+  grad = _objectives.input_gradient(apply_fn, params, x, jnp.asarray(labels), fn) * m
+  step = _projections.per_example(eps, x) * _projections.steepest_ascent(grad, norm)
+  return _projections.clip_to_bounds(x + step * m, bounds)

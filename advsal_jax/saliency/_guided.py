@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advsal_jax import rewrites
-from advsal_jax.saliency import gradients
+from advsal_jax.saliency import _gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 
@@ -99,7 +99,7 @@ def with_guided_relu(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _guided_map(apply_fn, params, x, target):
   guided_apply = with_guided_relu(rewrites.fast_gradients(apply_fn))
-  return jax.grad(lambda xx: gradients.target_logits(guided_apply, params, xx, target).sum())(x)
+  return jax.grad(lambda xx: _gradients.target_logits(guided_apply, params, xx, target).sum())(x)
 
 
 def guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
@@ -129,7 +129,7 @@ def guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     Springenberg et al., Striving for Simplicity: The All Convolutional Net, arXiv:1412.6806.
   """
   del key
-  gradients.check_inputs(apply_fn, params, x, target)
+  _gradients.check_inputs(apply_fn, params, x, target)
   return _guided_map(apply_fn, params, jnp.asarray(x), jnp.asarray(target))
 
 
@@ -162,7 +162,7 @@ def enhanced_guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.Ar
     Gu, Tresp, Saliency Methods for Explaining Adversarial Attacks, arXiv:1908.08413.
   """
   del key
-  num_classes = gradients.check_inputs(apply_fn, params, x, target)
+  num_classes = _gradients.check_inputs(apply_fn, params, x, target)
   x = jnp.asarray(x)
   target = jnp.asarray(target)
   if contrast_class is None:
@@ -172,7 +172,7 @@ def enhanced_guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.Ar
     is_target = jnp.arange(num_classes)[None, :] == target[:, None]
     contrast_class = jnp.argmax(jnp.where(is_target, -jnp.inf, logits), axis=1)
   else:
-    gradients.check_inputs(apply_fn, params, x, contrast_class)
+    _gradients.check_inputs(apply_fn, params, x, contrast_class)
     contrast_class = jnp.asarray(contrast_class)
 
   def energy_normalised(s):

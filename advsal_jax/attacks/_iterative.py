@@ -11,8 +11,8 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 
-from advsal_jax.attacks import objectives
-from advsal_jax.attacks import projections
+from advsal_jax.attacks import _objectives
+from advsal_jax.attacks import _projections
 from advsal_jax.types import ApplyFn, Params
 
 _TINY = 1e-12
@@ -24,32 +24,32 @@ def _iterate(apply_fn, params, x, labels, *, start_key, targeted, bounds, mask, 
 
   Momentum when ``decay`` is not None.
   """
-  bounds = projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  bounds = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
   batch = jnp.shape(x)[0]
-  projections.check_budget(eps, 'eps', batch=batch)
-  projections.check_budget(step_size, 'step_size', batch=batch)
-  projections.check_count(num_steps, 'num_steps')
-  projections.check_norm(norm)
+  _projections.check_budget(eps, 'eps', batch=batch)
+  _projections.check_budget(step_size, 'step_size', batch=batch)
+  _projections.check_count(num_steps, 'num_steps')
+  _projections.check_norm(norm)
   if decay is not None:
-    projections.check_budget(decay, 'decay', batch=batch)
-  fn = objectives.signed_objective(objective, targeted=targeted)
+    _projections.check_budget(decay, 'decay', batch=batch)
+  fn = _objectives.signed_objective(objective, targeted=targeted)
   x = jnp.asarray(x)
   labels = jnp.asarray(labels)
-  m = projections.prepare_mask(mask, x)
-  alpha = projections.per_example(step_size, x)
-  project = functools.partial(projections.project, x=x, norm=norm, eps=eps, bounds=bounds, mask=m)
+  m = _projections.prepare_mask(mask, x)
+  alpha = _projections.per_example(step_size, x)
+  project = functools.partial(_projections.project, x=x, norm=norm, eps=eps, bounds=bounds, mask=m)
   x_start = x
   if start_key is not None:
-    x_start = x + projections.sample_ball(start_key, x, norm=norm, eps=eps, mask=m)
+    x_start = x + _projections.sample_ball(start_key, x, norm=norm, eps=eps, mask=m)
 
   def body(_, carry):
     x_adv, velocity = carry
-    grad = objectives.input_gradient(apply_fn, params, x_adv, labels, fn) * m
+    grad = _objectives.input_gradient(apply_fn, params, x_adv, labels, fn) * m
     if decay is not None:
       l1 = jnp.sum(jnp.abs(grad), axis=tuple(range(1, x.ndim)), keepdims=True)
-      velocity = projections.per_example(decay, x) * velocity + grad / jnp.maximum(l1, _TINY)
+      velocity = _projections.per_example(decay, x) * velocity + grad / jnp.maximum(l1, _TINY)
       grad = velocity
-    x_adv = project(x_adv + alpha * projections.steepest_ascent(grad, norm))
+    x_adv = project(x_adv + alpha * _projections.steepest_ascent(grad, norm))
     return x_adv, velocity
 
   x_adv, _ = jax.lax.fori_loop(0, num_steps, body, (project(x_start), jnp.zeros_like(x)),
@@ -62,7 +62,7 @@ def bim(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
         bounds: tuple[float, float] = (0.0, 1.0), mask: Optional[jax.typing.ArrayLike] = None,
         key: Optional[jax.Array] = None, eps: jax.typing.ArrayLike = 8 / 255,
         step_size: jax.typing.ArrayLike = 2 / 255, num_steps: int = 10, norm: str = 'linf',
-        objective: Union[str, objectives.Objective] = 'cross_entropy',
+        objective: Union[str, _objectives.Objective] = 'cross_entropy',
         unroll: Union[int, bool] = 1) -> jax.Array:
   """Basic Iterative Method: ``num_steps`` FGSM steps, each projected onto the eps-ball.
 
@@ -106,7 +106,7 @@ def pgd(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
         bounds: tuple[float, float] = (0.0, 1.0), mask: Optional[jax.typing.ArrayLike] = None,
         key: Optional[jax.Array] = None, eps: jax.typing.ArrayLike = 8 / 255,
         step_size: jax.typing.ArrayLike = 2 / 255, num_steps: int = 10, norm: str = 'linf',
-        objective: Union[str, objectives.Objective] = 'cross_entropy',
+        objective: Union[str, _objectives.Objective] = 'cross_entropy',
         unroll: Union[int, bool] = 1) -> jax.Array:
   """Projected Gradient Descent: BIM from a uniformly random point of the (masked) eps-ball.
 
@@ -138,7 +138,7 @@ def mim(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
         key: Optional[jax.Array] = None, eps: jax.typing.ArrayLike = 8 / 255,
         step_size: jax.typing.ArrayLike = 2 / 255, num_steps: int = 10,
         decay: jax.typing.ArrayLike = 1.0, norm: str = 'linf',
-        objective: Union[str, objectives.Objective] = 'cross_entropy',
+        objective: Union[str, _objectives.Objective] = 'cross_entropy',
         unroll: Union[int, bool] = 1) -> jax.Array:
   """Momentum Iterative Method: BIM stepping along an accumulated, L1-normalised gradient.
 

@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from advsal_jax.metrics.correlation import _check_array
-from advsal_jax.metrics.correlation import _check_pair
-from advsal_jax.metrics.correlation import pearson
-from advsal_jax.metrics.correlation import spearman
+from advsal_jax.metrics._correlation import _check_array
+from advsal_jax.metrics._correlation import _check_pair
+from advsal_jax.metrics._correlation import pearson
+from advsal_jax.metrics._correlation import spearman
 
 BLOCK_NORMS = ('L1', 'L1-sqrt', 'L2', 'L2-Hys')
 _EPS = 1e-5  # skimage's block-normalisation epsilon.
