@@ -1,0 +1,195 @@
+"""The resumable, data-parallel batch loop every study runs its stages with.
+
+A study is a sequence of *stages*. A stage maps a work list (example ids, e.g. test-split
+indices) to per-example results, batch by batch: for each batch the runner gathers the
+examples' host arrays (``Stage.inputs``), runs an optional host hook (``Stage.prepare``,
+e.g. segmentation), pads the batch to a multiple of the device count by repeating its last
+example, splits it over the devices of a mesh, calls the compiled ``Stage.step``, drops the
+padding and writes the batch's results atomically as one shard
+(``store.shard_path(output_dir, stage.name, start)``). A killed run, started again with
+``resume``, skips the shards already on disk; ``open_output_dir`` refuses to mix results of
+different settings. In a multi-process run every process computes its devices' share and
+only process 0 writes. Progress (done, rate, ETA) goes to the log or a terminal bar.
+
+This is the loop of jaxline/flax-examples training scripts, specialised to evaluation over a
+fixed work list.
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from advsal_jax import compilation
+from advsal_jax import parallel
+from advsal_jax.studies import progress
+from advsal_jax.studies import store
+
+HostBatch = dict[str, np.ndarray]
+StepFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One pass over a work list.
+
+  Attributes:
+    name: the stage's name (its shards go to ``shards/<name>/``).
+    step: compiled ``step(replicated, batch) -> dict`` of arrays whose leading axis is the
+      batch (see ``compile_step``); ``batch`` holds ``inputs``' and ``prepare``'s arrays and
+      ``index`` (int32 work ids).
+    inputs: ``inputs(ids) -> {name: array[len(ids), ...]}`` gathers the host arrays of the
+      examples with work ids ``ids`` (int64[n]).
+    prepare: optional host hook ``prepare(batch) -> {name: array[n, ...]}`` run on each
+      padded batch before ``step`` (work that cannot be compiled, e.g. skimage); its
+      arrays join the batch.
+    batch_size: examples per batch (global, over all devices).
+    prepare: see above.
+    record: names of host batch arrays (from ``inputs`` or ``prepare``) written to each
+      shard beside the step's outputs, e.g. the labels.
+    unit: what an example is called in progress lines.
+  """
+  name: str
+  step: StepFn
+  inputs: Callable[[np.ndarray], HostBatch]
+  batch_size: int
+  prepare: Callable[[HostBatch], HostBatch] | None = None
+  record: tuple[str, ...] = ()
+  unit: str = 'images'
+
+
+def compile_step(fn: StepFn, mesh: jax.sharding.Mesh) -> StepFn:
+  """A per-example ``fn(replicated, batch)`` jitted and split over the devices of ``mesh``.
+
+  Every device runs ``fn`` on its own ``B / num_devices`` examples (``parallel.data_parallel``),
+  so ``fn`` must treat examples independently (randomness keyed by ``batch['index']``);
+  ``replicated`` (params, budgets) is the same on every device. Compiled with
+  ``compilation.jit`` (this package's XLA options).
+
+  Args:
+    fn: ``fn(replicated, batch) -> {name: array[B, ...]}``.
+    mesh: from ``parallel.data_mesh``.
+
+  Returns:
+    ``step(replicated, batch)`` with ``fn``'s outputs, batch-sharded.
+  """
+  return compilation.jit(parallel.data_parallel(fn, mesh, batched=(False, True)))
+
+
+def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
+  return json.loads(json.dumps(config))
+
+
+def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+  """The settings that differ between two configs, as ``'name (stored X, now Y)'``."""
+  stored, current = _jsonable(stored), _jsonable(current)
+  out = []
+  for key in sorted(set(stored) | set(current)):
+    if stored.get(key, '<absent>') != current.get(key, '<absent>'):
+      out.append(f"{key} (stored {stored.get(key, '<absent>')!r}, "
+                 f"now {current.get(key, '<absent>')!r})")
+  return out
+
+
+def open_output_dir(output_dir: store.PathLike, config: Mapping[str, Any], *,
+                    resume: bool) -> pathlib.Path:
+  """Claims ``output_dir`` for a run with ``config`` and writes ``config.json``.
+
+  Process 0 decides and writes; every process gets the same answer.
+
+  Args:
+    output_dir: the run's directory (created if missing).
+    config: JSON-serialisable settings that determine the results.
+    resume: continue a run already in ``output_dir``.
+
+  Returns:
+    ``output_dir`` as a path.
+
+  Raises:
+    ValueError: ``output_dir`` holds a run and ``resume`` is False, or it holds a run with
+      other settings (the message names every differing setting).
+  """
+  out = pathlib.Path(output_dir)
+  message = ''
+  if jax.process_index() == 0 and (out / 'config.json').exists():
+    if not resume:
+      message = (f'{out} already holds a run; pass resume=True (--resume) to continue it or '
+                 'choose another output directory.')
+    else:
+      diff = config_differences(store.read_json(out / 'config.json'), config)
+      if diff:
+        message = (f'Cannot resume {out}: its config.json differs from these settings in '
+                   + '; '.join(diff) + '. Use the stored settings or another output directory.')
+  code = np.frombuffer(message.encode()[:4096].ljust(4096, b'\0'), np.uint8)
+  message = bytes(parallel.broadcast_from_process0(code)).rstrip(b'\0').decode(errors='replace')
+  if message:
+    raise ValueError(message)
+  if jax.process_index() == 0:
+    store.write_json(out / 'config.json', _jsonable(config))
+  return out
+
+
+def batch_starts(num_work: int, batch_size: int) -> list[int]:
+  """Positions in the work list where each batch starts."""
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+  return list(range(0, num_work, batch_size))
+
+
+def run_stage(stage: Stage, *, output_dir: store.PathLike, work: Sequence[int] | np.ndarray,
+              replicated: Any, mesh: jax.sharding.Mesh | None = None) -> pathlib.Path:
+  """Runs ``stage`` over every batch of ``work`` that has no shard yet.
+
+  Each shard holds the step's outputs for the batch's real examples, the ``stage.record``
+  host arrays, ``index`` (their work ids) and ``seconds`` (the batch's wall time).
+
+  Args:
+    stage: the stage.
+    output_dir: a directory claimed with ``open_output_dir``.
+    work: int work ids, in order.
+    replicated: pytree passed to every ``stage.step`` call unsplit (params, budgets); it is
+      placed on every device of ``mesh`` here.
+    mesh: default ``parallel.data_mesh()``.
+
+  Returns:
+    The stage's shard folder.
+  """
+  mesh = parallel.data_mesh() if mesh is None else mesh
+  work = np.asarray(work, np.int64)
+  writer = jax.process_index() == 0
+  starts = batch_starts(len(work), stage.batch_size)
+  finished = np.array([writer and store.shard_path(output_dir, stage.name, s).exists()
+                       for s in starts], np.int32)
+  finished = parallel.broadcast_from_process0(finished)
+  todo = [s for s, f in zip(starts, finished) if not f]
+  done_before = sum(min(s + stage.batch_size, len(work)) - s
+                    for s, f in zip(starts, finished) if f)
+  logging.info('stage %s: %d of %d batches to do (%d %s each, %d devices) in %s', stage.name,
+               len(todo), len(starts), stage.batch_size, stage.unit, parallel.num_shards(mesh),
+               output_dir)
+  replicated = parallel.replicate(replicated, mesh)
+  padded = parallel.padded_size(stage.batch_size, mesh)
+  bar = progress.Progress(f'stage {stage.name}', len(work), unit=stage.unit,
+                          already_done=done_before)
+  for start in todo:
+    t = time.time()
+    n = min(start + stage.batch_size, len(work)) - start
+    # Pad by repetition: one compilation, whole shards, valid inputs in the padded rows.
+    ids = work[np.minimum(np.arange(start, start + padded), start + n - 1)]
+    batch = dict(stage.inputs(ids))
+    batch['index'] = ids.astype(np.int32)
+    if stage.prepare is not None:
+      batch.update(stage.prepare(batch))
+    result = parallel.to_host(stage.step(replicated, parallel.shard_batch(batch, mesh)))
+    arrays = {k: np.asarray(v)[:n] for k, v in result.items()}
+    arrays.update({k: np.asarray(batch[k])[:n] for k in stage.record})
+    arrays.update(index=ids[:n], seconds=np.float64(time.time() - t))
+    if writer:
+      store.write_npz(store.shard_path(output_dir, stage.name, start), arrays)
+    bar.update(n)
+  return store.shard_dir(output_dir, stage.name)
