@@ -1,7 +1,6 @@
 """advsal_jax.metrics localisation metrics against set arithmetic in numpy."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -130,6 +130,6 @@ def test_enhanced_guided_backprop_matches_paper_formula():
       saliency.enhanced_guided_backprop(_mlp(jax.nn.relu), p, X, T),
       saliency.enhanced_guided_backprop(_mlp(jax.nn.relu), p, X, T, contrast_class=best_other),
       rtol=1e-6)
-  with pytest.raises(ValueError, match='target must lie'):
+  with pytest.raises(ValueError, match='contrast_class must lie'):
     saliency.enhanced_guided_backprop(_mlp(jax.nn.relu), p, X, T,
                                       contrast_class=np.array([0, 9, 0], np.int32))

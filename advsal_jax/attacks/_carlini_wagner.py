@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from advsal_jax import _checks
 from advsal_jax import rewrites
 from advsal_jax.attacks import _objectives
 from advsal_jax.attacks import _projections
@@ -68,13 +69,13 @@ def carlini_wagner_l2(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike
     Carlini & Wagner, Towards Evaluating the Robustness of Neural Networks, arXiv:1608.04644.
   """
   del key
-  lo, hi = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  lo, hi = _checks.check_attack_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
   batch = jnp.shape(x)[0]
-  _projections.check_budget(confidence, 'confidence', batch=batch)
-  _projections.check_budget(learning_rate, 'learning_rate', batch=batch, positive=True)
-  _projections.check_budget(initial_const, 'initial_const', batch=batch, positive=True)
-  _projections.check_count(binary_search_steps, 'binary_search_steps')
-  _projections.check_count(max_iterations, 'max_iterations')
+  _checks.check_budget(confidence, 'confidence', batch=batch)
+  _checks.check_budget(learning_rate, 'learning_rate', batch=batch, positive=True)
+  _checks.check_budget(initial_const, 'initial_const', batch=batch, positive=True)
+  _checks.check_count(binary_search_steps, 'binary_search_steps')
+  _checks.check_count(max_iterations, 'max_iterations')
   fn = _objectives.signed_objective(objective, targeted=targeted)
   x = jnp.asarray(x)
   labels = jnp.asarray(labels)

@@ -5,6 +5,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from advsal_jax import _checks
 from advsal_jax import rewrites
 from advsal_jax.attacks import _loops
 from advsal_jax.attacks import _objectives
@@ -62,11 +63,11 @@ def deepfool(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     neural networks, arXiv:1511.04599.
   """
   del key
-  bounds = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
-  _projections.check_budget(overshoot, 'overshoot', batch=jnp.shape(x)[0])
-  _projections.check_count(max_iter, 'max_iter')
-  _projections.check_count(num_classes, 'num_classes', minimum=2)
-  k_model = _projections.num_classes(apply_fn, params, x)
+  bounds = _checks.check_attack_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  _checks.check_budget(overshoot, 'overshoot', batch=jnp.shape(x)[0])
+  _checks.check_count(max_iter, 'max_iter')
+  _checks.check_count(num_classes, 'num_classes', minimum=2)
+  k_model = _checks.num_classes(apply_fn, params, x)
   num_classes = min(num_classes, k_model)
   x = jnp.asarray(x)
   labels = jnp.asarray(labels)

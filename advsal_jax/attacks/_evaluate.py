@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import _checks
 from advsal_jax import metrics
-from advsal_jax.attacks import _projections
 from advsal_jax.types import ApplyFn, Params
 
 
@@ -54,7 +54,7 @@ def evaluate_attack(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   """
   if np.shape(x) != np.shape(x_adv):
     raise ValueError(f'x_adv must have the shape of x {np.shape(x)}, got {np.shape(x_adv)}.')
-  _projections.check_labels(apply_fn, params, x, labels)
+  _checks.check_labels(apply_fn, params, x, labels, name='labels')
   x = jnp.asarray(x)
   x_adv = jnp.asarray(x_adv)
   labels = jnp.asarray(labels)

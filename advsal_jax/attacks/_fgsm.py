@@ -5,6 +5,7 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 
+from advsal_jax import _checks
 from advsal_jax.attacks import _objectives
 from advsal_jax.attacks import _projections
 from advsal_jax.types import ApplyFn, Params
@@ -45,9 +46,9 @@ def fgsm(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     arXiv:1412.6572.
   """
   del key
-  bounds = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
-  _projections.check_budget(eps, 'eps', batch=jnp.shape(x)[0])
-  _projections.check_norm(norm)
+  bounds = _checks.check_attack_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  _checks.check_budget(eps, 'eps', batch=jnp.shape(x)[0])
+  _checks.check_norm(norm)
   fn = _objectives.signed_objective(objective, targeted=targeted)
   x = jnp.asarray(x)
   m = _projections.prepare_mask(mask, x)

@@ -11,6 +11,7 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 
+from advsal_jax import _checks
 from advsal_jax.attacks import _objectives
 from advsal_jax.attacks import _projections
 from advsal_jax.types import ApplyFn, Params
@@ -24,14 +25,14 @@ def _iterate(apply_fn, params, x, labels, *, start_key, targeted, bounds, mask, 
 
   Momentum when ``decay`` is not None.
   """
-  bounds = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  bounds = _checks.check_attack_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
   batch = jnp.shape(x)[0]
-  _projections.check_budget(eps, 'eps', batch=batch)
-  _projections.check_budget(step_size, 'step_size', batch=batch)
-  _projections.check_count(num_steps, 'num_steps')
-  _projections.check_norm(norm)
+  _checks.check_budget(eps, 'eps', batch=batch)
+  _checks.check_budget(step_size, 'step_size', batch=batch)
+  _checks.check_count(num_steps, 'num_steps')
+  _checks.check_norm(norm)
   if decay is not None:
-    _projections.check_budget(decay, 'decay', batch=batch)
+    _checks.check_budget(decay, 'decay', batch=batch)
   fn = _objectives.signed_objective(objective, targeted=targeted)
   x = jnp.asarray(x)
   labels = jnp.asarray(labels)

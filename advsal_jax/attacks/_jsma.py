@@ -5,6 +5,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from advsal_jax import _checks
 from advsal_jax import rewrites
 from advsal_jax.attacks import _loops
 from advsal_jax.attacks import _objectives
@@ -78,11 +79,11 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   if not targeted:
     raise ValueError('jsma is a targeted attack (Papernot et al.): pass targeted=True and '
                      'target classes as labels, got targeted=False.')
-  lo, hi = _projections.check_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  lo, hi = _checks.check_attack_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
   batch = jnp.shape(x)[0]
-  _projections.check_budget(theta, 'theta', batch=batch, positive=True, signed=True)
-  _projections.check_budget(gamma, 'gamma', batch=batch)
-  _projections.check_count(num_candidates, 'num_candidates', minimum=2)
+  _checks.check_budget(theta, 'theta', batch=batch, positive=True, signed=True)
+  _checks.check_budget(gamma, 'gamma', batch=batch)
+  _checks.check_count(num_candidates, 'num_candidates', minimum=2)
   if output not in _OUTPUTS:
     raise ValueError(f'output must be one of {sorted(_OUTPUTS)}, got {output!r}.')
   x = jnp.asarray(x)
@@ -90,7 +91,7 @@ def jsma(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   shape = x.shape
   n_features = x[0].size
   k = min(num_candidates, n_features)
-  k_model = _projections.num_classes(apply_fn, params, x)
+  k_model = _checks.num_classes(apply_fn, params, x)
   fast_apply = rewrites.fast_gradients(apply_fn)
   forward = lambda flat: fast_apply(params, flat.reshape(-1, *shape[1:]))
   differentiated = lambda flat: _OUTPUTS[output](forward(flat))

@@ -24,45 +24,9 @@ import numpy as np
 from jax.experimental import buffer_callback
 from jax.typing import ArrayLike
 
+from advsal_jax.metrics import _checks
+
 L2_NORMALIZATIONS = (None, 'minmax', 'l2')
-
-
-def _check_pair(a: ArrayLike, b: ArrayLike, *, min_ndim: int = 2,
-                max_ndim: int | None = None) -> tuple[jax.Array, jax.Array]:
-  """Validates two batched maps ``a`` and ``b`` and returns them as f32 arrays.
-
-  Shared by the metric modules of this package: same shape, a leading batch axis, real
-  dtype and, for concrete (non-traced) inputs, finite values.
-  """
-  a = _check_array(a, name='a', min_ndim=min_ndim, max_ndim=max_ndim)
-  b = _check_array(b, name='b', min_ndim=min_ndim, max_ndim=max_ndim)
-  if a.shape != b.shape:
-    raise ValueError(f'a and b must have the same shape; got a.shape={a.shape} and '
-                     f'b.shape={b.shape}.')
-  return a, b
-
-
-def _check_array(x: ArrayLike, *, name: str, min_ndim: int = 2,
-                 max_ndim: int | None = None) -> jax.Array:
-  """Validates one batched real array (rank, dtype, finiteness) and casts it to f32."""
-  if not hasattr(x, 'shape') or not hasattr(x, 'dtype'):
-    x = np.asarray(x)
-  if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
-          or x.dtype == jnp.bool_):
-    raise TypeError(f'{name} must have a real dtype; got {x.dtype}.')
-  if x.ndim < min_ndim or (max_ndim is not None and x.ndim > max_ndim):
-    expected = f'{min_ndim}' if max_ndim == min_ndim else (
-        f'at least {min_ndim}' if max_ndim is None else f'{min_ndim} to {max_ndim}')
-    raise ValueError(f'{name} must have {expected} dimensions with a leading batch axis; '
-                     f'got shape {x.shape}.')
-  if any(d == 0 for d in x.shape):
-    raise ValueError(f'{name} must not be empty; got shape {x.shape}.')
-  if not isinstance(x, jax.core.Tracer) and jnp.issubdtype(x.dtype, jnp.floating):
-    # Reduce on the array's own device: only one bool crosses to the host.
-    finite = jnp.all(jnp.isfinite(x)) if isinstance(x, jax.Array) else np.all(np.isfinite(x))
-    if not finite:
-      raise ValueError(f'{name} contains NaN or infinite values.')
-  return jnp.asarray(x, jnp.float32)
 
 
 def _flatten(x: jax.Array) -> jax.Array:
@@ -250,7 +214,7 @@ def spearman(a: ArrayLike, b: ArrayLike, *, absolute: bool = False) -> jax.Array
       values per map, or 2**31 or more in all.
     TypeError: a non-real dtype.
   """
-  a, b = _check_pair(a, b)
+  a, b = _checks.check_pair(a, b)
   if a.size >= 2**31 or math.prod(a.shape[1:]) >= 2**23:
     raise ValueError(f'spearman ranks at most 2**23 - 1 values per map and 2**31 - 1 values per '
                      f'call; got shape {a.shape}: split the batch.')
@@ -279,7 +243,7 @@ def pearson(a: ArrayLike, b: ArrayLike) -> jax.Array:
     ValueError: shapes differ, fewer than 2 dims, empty, or non-finite values.
     TypeError: a non-real dtype.
   """
-  a, b = _check_pair(a, b)
+  a, b = _checks.check_pair(a, b)
   return _pearson_rows(_flatten(a), _flatten(b))
 
 
@@ -299,7 +263,7 @@ def cosine(a: ArrayLike, b: ArrayLike) -> jax.Array:
     ValueError: shapes differ, fewer than 2 dims, empty, or non-finite values.
     TypeError: a non-real dtype.
   """
-  a, b = _check_pair(a, b)
+  a, b = _checks.check_pair(a, b)
   x, y = _flatten(a), _flatten(b)
   # Scale each row by its max magnitude so f32 sums of squares cannot overflow or underflow.
   sx = jnp.max(jnp.abs(x), axis=1, keepdims=True)
@@ -349,7 +313,7 @@ def l2_distance(a: ArrayLike, b: ArrayLike, *, normalize: str | None = None) -> 
   """
   if normalize not in L2_NORMALIZATIONS:
     raise ValueError(f'normalize must be one of {L2_NORMALIZATIONS}; got {normalize!r}.')
-  a, b = _check_pair(a, b)
+  a, b = _checks.check_pair(a, b)
   x, y = _normalize_rows(_flatten(a), normalize), _normalize_rows(_flatten(b), normalize)
   d = x - y
   scale = jnp.max(jnp.abs(d), axis=1)

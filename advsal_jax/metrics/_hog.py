@@ -36,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from advsal_jax.metrics._correlation import _check_array
-from advsal_jax.metrics._correlation import _check_pair
+from advsal_jax.metrics import _checks
 from advsal_jax.metrics._correlation import pearson
 from advsal_jax.metrics._correlation import spearman
 
@@ -165,7 +164,7 @@ def hog(images: ArrayLike, *, orientations: int = 9, pixels_per_cell: tuple[int,
       one block.
     TypeError: a non-real dtype.
   """
-  x = _check_array(images, name='images', min_ndim=3, max_ndim=4)
+  x = _checks.check_array(images, name='images', min_ndim=3, max_ndim=4)
   _check_hog_args(x.shape, name='images', orientations=orientations,
                   pixels_per_cell=pixels_per_cell, cells_per_block=cells_per_block,
                   block_norm=block_norm)
@@ -174,7 +173,7 @@ def hog(images: ArrayLike, *, orientations: int = 9, pixels_per_cell: tuple[int,
 
 
 def _paired_hogs(a, b, **hog_kwargs) -> tuple[jax.Array, jax.Array]:
-  a, b = _check_pair(a, b, min_ndim=3, max_ndim=4)
+  a, b = _checks.check_pair(a, b, min_ndim=3, max_ndim=4)
   _check_hog_args(a.shape, name='a and b', **hog_kwargs)
   both = _hog(jnp.concatenate([a, b]), **hog_kwargs)
   return both[:a.shape[0]], both[a.shape[0]:]

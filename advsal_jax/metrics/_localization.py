@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from advsal_jax.metrics._correlation import _check_array
-from advsal_jax.metrics._correlation import _check_pair
+from advsal_jax.metrics import _checks
 
 
 def _check_masks(mask_a: ArrayLike, mask_b: ArrayLike) -> tuple[jax.Array, jax.Array]:
@@ -59,7 +58,7 @@ def top_k_mask(maps: ArrayLike, k: int | ArrayLike) -> jax.Array:
       of the wrong shape.
     TypeError: ``maps`` has a non-real dtype or ``k`` is not an integer.
   """
-  x = _check_array(maps, name='maps')
+  x = _checks.check_array(maps, name='maps')
   n = int(np.prod(x.shape[1:]))
   if isinstance(k, bool) or not (isinstance(k, int) or jnp.issubdtype(jnp.result_type(k),
                                                                      jnp.integer)):
@@ -138,7 +137,7 @@ def sim_ratio(a: ArrayLike, b: ArrayLike, *, threshold: float = 0.0) -> jax.Arra
   """
   if not isinstance(threshold, (int, float)) or threshold < 0:
     raise ValueError(f'threshold must be a number >= 0; got {threshold!r}.')
-  a, b = _check_pair(a, b)
+  a, b = _checks.check_pair(a, b)
   return hamming_likeness(jnp.abs(a) > threshold, jnp.abs(b) > threshold)
 
 
@@ -158,7 +157,7 @@ def avg_diff(a: ArrayLike, b: ArrayLike) -> jax.Array:
     ValueError: shapes differ, fewer than 2 dims, empty or non-finite values.
     TypeError: a non-real dtype.
   """
-  a, b = _check_pair(a, b)
+  a, b = _checks.check_pair(a, b)
   ma = jnp.mean(a.reshape(a.shape[0], -1), axis=1)
   mb = jnp.mean(b.reshape(b.shape[0], -1), axis=1)
   top = jnp.maximum(ma, mb)

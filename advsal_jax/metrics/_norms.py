@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from advsal_jax.metrics._correlation import _check_array
+from advsal_jax.metrics import _checks
 
 
 def l0_norm(delta: ArrayLike, *, atol: float = 0.0, per_pixel: bool = False) -> jax.Array:
@@ -37,7 +37,7 @@ def l0_norm(delta: ArrayLike, *, atol: float = 0.0, per_pixel: bool = False) -> 
   """
   if not isinstance(atol, (int, float)) or atol < 0:
     raise ValueError(f'atol must be a number >= 0; got {atol!r}.')
-  d = _check_array(delta, name='delta', min_ndim=4 if per_pixel else 2,
+  d = _checks.check_array(delta, name='delta', min_ndim=4 if per_pixel else 2,
                    max_ndim=4 if per_pixel else None)
   changed = jnp.abs(d) > atol
   if per_pixel:
@@ -58,7 +58,7 @@ def l2_norm(delta: ArrayLike) -> jax.Array:
     ValueError: ``delta`` has fewer than 2 dims, is empty or non-finite.
     TypeError: a non-real dtype.
   """
-  d = _check_array(delta, name='delta')
+  d = _checks.check_array(delta, name='delta')
   d = d.reshape(d.shape[0], -1)
   # Scale by the largest entry first so tiny perturbations do not underflow in f32 squares.
   scale = jnp.max(jnp.abs(d), axis=1)
@@ -79,5 +79,5 @@ def linf_norm(delta: ArrayLike) -> jax.Array:
     ValueError: ``delta`` has fewer than 2 dims, is empty or non-finite.
     TypeError: a non-real dtype.
   """
-  d = _check_array(delta, name='delta')
+  d = _checks.check_array(delta, name='delta')
   return jnp.max(jnp.abs(d).reshape(d.shape[0], -1), axis=1)

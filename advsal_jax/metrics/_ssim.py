@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from advsal_jax.metrics._correlation import _check_pair
+from advsal_jax.metrics import _checks
+
 
 _TRUNCATE = 3.5  # skimage's choice: an 11-tap filter at sigma = 1.5, as in Wang et al.
 
@@ -64,7 +65,7 @@ def _resolve_win_size(gaussian_weights: bool, sigma: float, win_size: int | None
 
 def _check_args(a, b, *, data_range, gaussian_weights, sigma, win_size, k1, k2):
   """Validates the arguments before tracing; returns (a, b, win_size) with a, b as f32."""
-  a, b = _check_pair(a, b, min_ndim=3, max_ndim=4)
+  a, b = _checks.check_pair(a, b, min_ndim=3, max_ndim=4)
   if not isinstance(sigma, (int, float)) or sigma <= 0:
     raise ValueError(f'sigma must be a positive number; got {sigma!r}.')
   if win_size is not None and (not isinstance(win_size, int) or win_size < 1

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from advsal_jax import _checks
 from advsal_jax import rewrites
 from advsal_jax.saliency import _gradients
 from advsal_jax.saliency import _guided
@@ -130,7 +131,7 @@ def grad_cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     that?", arXiv:1611.07450).
   """
   del key
-  _gradients.check_inputs(apply_fn, params, x, target)
+  _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
   x = jnp.asarray(x)
   path, aval = _find_layer(apply_fn, params, x, layer)
   act, grad = _activation_and_grad(apply_fn, params, x, jnp.asarray(target), path, aval)
@@ -210,7 +211,7 @@ def cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     Zhou et al., Learning Deep Features for Discriminative Localization, arXiv:1512.04150.
   """
   del key
-  num_classes = _gradients.check_inputs(apply_fn, params, x, target)
+  num_classes = _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
   x = jnp.asarray(x)
   path, aval = _find_layer(apply_fn, params, x, layer)
   kernel = _dense_kernel(params, dense)

@@ -1,4 +1,4 @@
-"""Vanilla gradient and gradient x input, plus the argument checks shared by every saliency method.
+"""Vanilla gradient and gradient x input, plus the helpers the other saliency methods share.
 
 Every method in ``advsal_jax.saliency`` explains the pre-softmax logit of ``target[b]`` for
 each example ``b``; ``apply_fn(params, x)`` must be batch-independent (eval mode), so the
@@ -9,48 +9,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from advsal_jax import _checks
 from advsal_jax import rewrites
 from advsal_jax.types import ApplyFn, Params, PRNGKey
-
-
-def check_inputs(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
-                 target: jax.typing.ArrayLike) -> int:
-  """Checks ``x`` and ``target`` and returns the number of classes ``K``.
-
-  Runs before any compilation: shapes and dtypes are checked always, the range of
-  ``target`` only when it is concrete (under ``jax.jit`` it is a tracer). The number of
-  classes comes from ``jax.eval_shape`` (a trace, no compilation).
-
-  Raises:
-    ValueError: wrong rank or batch size, logits that are not ``[B, K]``, target out of range.
-    TypeError: non-float ``x`` or non-integer ``target``.
-  """
-  x_shape = tuple(np.shape(x))
-  if len(x_shape) != 4:
-    raise ValueError(f'x must be a batch of images f32[B,H,W,C], got shape {x_shape} '
-                     f'(rank {len(x_shape)}); add a batch axis for a single image.')
-  if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-    raise TypeError(f'x must be floating point in [0, 1], got dtype {jnp.result_type(x)}.')
-  t_shape = tuple(np.shape(target))
-  if t_shape != x_shape[:1]:
-    raise ValueError(f'target must be i32[B] with B={x_shape[0]} (one class per image), '
-                     f'got shape {t_shape}.')
-  if not jnp.issubdtype(jnp.result_type(target), jnp.integer):
-    raise TypeError(f'target must be an integer class index array, got dtype '
-                    f'{jnp.result_type(target)}.')
-  out = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct(x_shape, jnp.result_type(x)))
-  if not hasattr(out, 'shape') or len(out.shape) != 2 or out.shape[0] != x_shape[0]:
-    raise ValueError('apply_fn(params, x) must return logits f32[B,K] with B='
-                     f'{x_shape[0]}, got {getattr(out, "shape", type(out))}.')
-  num_classes = out.shape[1]
-  if not isinstance(target, jax.core.Tracer):
-    t = np.asarray(target)
-    if t.size and (t.min() < 0 or t.max() >= num_classes):
-      raise ValueError(f'target must lie in [0, {num_classes}) (the model has {num_classes} '
-                       f'classes), got values in [{t.min()}, {t.max()}].')
-  return num_classes
 
 
 def per_example_keys(key: PRNGKey | None, batch: int, method: str) -> jax.Array:
@@ -77,13 +39,6 @@ def per_example_keys(key: PRNGKey | None, batch: int, method: str) -> jax.Array:
     return key
   raise ValueError(f'key must be a single key (shape ()) or one key per example (shape '
                    f'({batch},)), got shape {key.shape}.')
-
-
-def check_positive_int(value: Any, name: str):
-  """Raises ``ValueError`` unless ``value`` is a positive Python int (a static shape parameter)."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f'{name} must be a positive int (it is static under jax.jit), got '
-                     f'{value!r}.')
 
 
 def target_logits(apply_fn: ApplyFn, params: Params, x: jax.Array,
@@ -146,13 +101,13 @@ def gradient(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     f32[B,H,W,C] gradient of each target logit with respect to its image.
 
   Raises:
-    ValueError, TypeError: on malformed ``x`` or ``target`` (see ``check_inputs``).
+    ValueError, TypeError: on malformed ``x`` or ``target``.
 
   References:
     Simonyan, Vedaldi, Zisserman, Deep Inside Convolutional Networks, arXiv:1312.6034.
   """
   del key
-  check_inputs(apply_fn, params, x, target)
+  _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
   x = jnp.asarray(x)
   target = jnp.asarray(target)
   apply_fn = rewrites.fast_gradients(apply_fn)

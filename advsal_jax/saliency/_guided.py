@@ -18,6 +18,7 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import _checks
 from advsal_jax import rewrites
 from advsal_jax.saliency import _gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
@@ -129,7 +130,7 @@ def guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     Springenberg et al., Striving for Simplicity: The All Convolutional Net, arXiv:1412.6806.
   """
   del key
-  _gradients.check_inputs(apply_fn, params, x, target)
+  _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
   return _guided_map(apply_fn, params, jnp.asarray(x), jnp.asarray(target))
 
 
@@ -162,7 +163,7 @@ def enhanced_guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.Ar
     Gu, Tresp, Saliency Methods for Explaining Adversarial Attacks, arXiv:1908.08413.
   """
   del key
-  num_classes = _gradients.check_inputs(apply_fn, params, x, target)
+  num_classes = _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
   x = jnp.asarray(x)
   target = jnp.asarray(target)
   if contrast_class is None:
@@ -172,7 +173,7 @@ def enhanced_guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.Ar
     is_target = jnp.arange(num_classes)[None, :] == target[:, None]
     contrast_class = jnp.argmax(jnp.where(is_target, -jnp.inf, logits), axis=1)
   else:
-    _gradients.check_inputs(apply_fn, params, x, contrast_class)
+    _checks.check_classifier_inputs(apply_fn, params, x, contrast_class, name='contrast_class')
     contrast_class = jnp.asarray(contrast_class)
 
   def energy_normalised(s):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import _checks
 from advsal_jax import rewrites
 from advsal_jax.saliency import _gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
@@ -21,7 +22,7 @@ def quadrature(rule: str, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
   Raises:
     ValueError: unknown rule or non-positive ``num_steps``.
   """
-  _gradients.check_positive_int(num_steps, 'num_steps')
+  _checks.check_count(num_steps, 'num_steps')
   m = num_steps
   k = np.arange(m, dtype=np.float64)
   if rule == 'riemann_left':
@@ -74,10 +75,10 @@ def integrated_gradients(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
     Sundararajan, Taly, Yan, Axiomatic Attribution for Deep Networks, arXiv:1703.01365.
   """
   del key
-  _gradients.check_inputs(apply_fn, params, x, target)
+  _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
   alphas, weights = quadrature(rule, num_steps)
   if batch_size is not None:
-    _gradients.check_positive_int(batch_size, 'batch_size')
+    _checks.check_count(batch_size, 'batch_size')
   x = jnp.asarray(x)
   target = jnp.asarray(target)
   if baseline is None:

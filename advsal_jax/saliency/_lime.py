@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import skimage.segmentation
 
+from advsal_jax import _checks
 from advsal_jax.saliency import _gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
@@ -156,10 +157,10 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   References:
     Ribeiro, Singh, Guestrin, "Why Should I Trust You?", arXiv:1602.04938.
   """
-  _gradients.check_inputs(apply_fn, params, x, target)
-  _gradients.check_positive_int(num_samples, 'num_samples')
+  _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
+  _checks.check_count(num_samples, 'num_samples')
   if batch_size is not None:
-    _gradients.check_positive_int(batch_size, 'batch_size')
+    _checks.check_count(batch_size, 'batch_size')
   x_shape = tuple(np.shape(x))
   batch, height, width, channels = x_shape
   keys = _gradients.per_example_keys(key, batch, 'lime')
@@ -177,7 +178,7 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     if not concrete:
       raise ValueError('num_segments (static) is required when segments is traced.')
     num_segments = int(np.max(segments)) + 1
-  _gradients.check_positive_int(num_segments, 'num_segments')
+  _checks.check_count(num_segments, 'num_segments')
   if concrete and (np.min(segments) < 0 or np.max(segments) >= num_segments):
     raise ValueError(f'segments must lie in [0, {num_segments}), got '
                      f'[{np.min(segments)}, {np.max(segments)}].')

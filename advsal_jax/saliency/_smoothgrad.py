@@ -5,6 +5,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from advsal_jax import _checks
 from advsal_jax.saliency import _gradients
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
@@ -49,10 +50,10 @@ def smoothgrad(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   References:
     Smilkov et al., SmoothGrad: removing noise by adding noise, arXiv:1706.03825.
   """
-  _gradients.check_inputs(apply_fn, params, x, target)
-  _gradients.check_positive_int(num_samples, 'num_samples')
+  _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
+  _checks.check_count(num_samples, 'num_samples')
   if batch_size is not None:
-    _gradients.check_positive_int(batch_size, 'batch_size')
+    _checks.check_count(batch_size, 'batch_size')
   if not callable(base):
     raise TypeError(f'base must be a saliency method (callable), got {base!r}.')
   x = jnp.asarray(x)
