@@ -2,16 +2,13 @@
 
 Every method has the signature ``method(apply_fn, params, x, target, *, key=None, **hp)``,
 explains the pre-softmax logit of ``target[b]`` and returns ``f32[B,H,W,C]`` (``[B,H,W,1]``
-for the CAM family). ``METHODS`` maps names to methods for experiment binaries.
+for the CAM family). ``REGISTRY`` describes each method (family, key, layer, defaults),
+``explain`` calls one by name and ``heatmap`` turns its attribution into a map by family.
 
 The implementation modules are private (``_gradients.py``, ``_lime.py``, ...): use the
 names exported here. The diagnostics of Gu & Tresp that compare two maps (``sim_ratio``,
 ``avg_diff``) live in ``advsal_jax.metrics``.
 """
-
-from typing import Callable
-
-import jax
 
 from advsal_jax.saliency._cam import cam
 from advsal_jax.saliency._cam import grad_cam
@@ -30,40 +27,33 @@ from advsal_jax.saliency._lime import segment_images
 from advsal_jax.saliency._postprocess import normalize
 from advsal_jax.saliency._postprocess import to_heatmap
 from advsal_jax.saliency._smoothgrad import smoothgrad
-
-METHODS: dict[str, Callable[..., jax.Array]] = {
-    'gradient': gradient,
-    'gradient_x_input': gradient_x_input,
-    'smoothgrad': smoothgrad,
-    'guided_backprop': guided_backprop,
-    'enhanced_guided_backprop': enhanced_guided_backprop,
-    'grad_cam': grad_cam,
-    'guided_grad_cam': guided_grad_cam,
-    'cam': cam,
-    'integrated_gradients': integrated_gradients,
-    'lime': lime,
-}
-"""Every attribution method by name; all share the saliency signature."""
-
-STOCHASTIC_METHODS = frozenset({'smoothgrad', 'lime'})
-"""Names in ``METHODS`` that require ``key``."""
-
-LAYER_METHODS = frozenset({'grad_cam', 'guided_grad_cam', 'cam'})
-"""Names in ``METHODS`` that require ``layer=`` and a flax.linen ``apply_fn``."""
+from advsal_jax.saliency.registry import explain
+from advsal_jax.saliency.registry import FAMILIES
+from advsal_jax.saliency.registry import heatmap
+from advsal_jax.saliency.registry import LAYER_METHODS
+from advsal_jax.saliency.registry import METHODS
+from advsal_jax.saliency.registry import MethodSpec
+from advsal_jax.saliency.registry import REGISTRY
+from advsal_jax.saliency.registry import STOCHASTIC_METHODS
 
 __all__ = [
+    'FAMILIES',
     'LAYER_METHODS',
     'METHODS',
+    'REGISTRY',
     'STOCHASTIC_METHODS',
     'LimeResult',
+    'MethodSpec',
     'cam',
     'enhanced_guided_backprop',
+    'explain',
     'grad_cam',
     'gradient',
     'gradient_x_input',
     'guided_backprop',
     'guided_grad_cam',
     'guided_relu',
+    'heatmap',
     'integrated_gradients',
     'lime',
     'lime_explain',
