@@ -14,9 +14,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from advsal_jax import benchmarking
+from advsal_jax.benchmarks import config
+from advsal_jax.benchmarks import runner
 
-_D = benchmarking.BenchmarkConfig()
+_D = config.BenchmarkConfig()
 _LIB = 'unset: the library default'
 _MODEL = flags.DEFINE_string('model', _D.model, 'Registered model name or checkpoint directory.')
 _RANDOM_INIT = flags.DEFINE_bool(
@@ -30,7 +31,7 @@ _PLAIN = flags.DEFINE_bool(
 _BATCH = flags.DEFINE_integer('batch_size', _D.batch_size, 'Images per call.')
 _WORKLOADS = flags.DEFINE_list(
     'workloads', list(_D.workloads),
-    f'Workloads to run; default all: {",".join(benchmarking.WORKLOADS)}.')
+    f'Workloads to run; default all: {",".join(config.WORKLOADS)}.')
 _REPEATS = flags.DEFINE_integer('repeats', _D.repeats,
                                 'Timed calls per workload after compilation; the median is '
                                 'reported.')
@@ -74,7 +75,7 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
 
 def main(argv):
   del argv
-  cfg = benchmarking.BenchmarkConfig(
+  cfg = config.BenchmarkConfig(
       model=_MODEL.value, random_init=_RANDOM_INIT.value,
       plain_model=_PLAIN.value, batch_size=_BATCH.value,
       workloads=tuple(_WORKLOADS.value), repeats=_REPEATS.value, seed=_SEED.value,
@@ -85,7 +86,7 @@ def main(argv):
       deepfool_max_iter=_DF_ITERS.value, metric_pairs=_PAIRS.value,
       reference_pairs=_REF_PAIRS.value, compare_torch=_COMPARE_TORCH.value,
       xla_defaults=_XLA_DEFAULTS.value)
-  out = benchmarking.run(cfg, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value)
+  out = runner.run(cfg, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value)
   logging.info('Wrote %s', out / 'benchmark.md')
   print(f'Wrote {out / "benchmark.md"}')
 

@@ -1,4 +1,4 @@
-"""advsal_jax.benchmarking and experiments/benchmark.py on toy models (no timing assertions)."""
+"""advsal_jax.benchmarks and experiments/benchmark.py on toy models (no timing assertions)."""
 
 import dataclasses
 import inspect
@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advsal_jax import benchmarking
 from advsal_jax import compilation
 from advsal_jax import saliency
+from advsal_jax.benchmarks import config
+from advsal_jax.benchmarks import runner
+from advsal_jax.benchmarks import workloads
 from advsal_jax.studies import comparison
 
 _SHAPE = (8, 8, 3)
@@ -45,11 +47,11 @@ class _FlattenNet(nn.Module):
     return nn.Dense(3, name='logits')(h.reshape(h.shape[0], -1))
 
 
-def _subject(module: nn.Module) -> tuple[benchmarking.Subject, np.ndarray]:
+def _subject(module: nn.Module) -> tuple[workloads.Subject, np.ndarray]:
   key_init, key_x = jax.random.split(jax.random.key(0))
   x = np.asarray(jax.random.uniform(key_x, (2, *_SHAPE)))
   variables = module.init(key_init, jnp.asarray(x))
-  return benchmarking.Subject(type(module).__name__, module.apply, variables, 'features'), x
+  return workloads.Subject(type(module).__name__, module.apply, variables, 'features'), x
 
 
 def _strict_json(path: pathlib.Path):
@@ -63,14 +65,14 @@ def full_run(tmp_path_factory):
   """Every workload on the GAP toy: (records, output dir)."""
   out = tmp_path_factory.mktemp('bench')
   subject, x = _subject(_GapNet())
-  cfg = benchmarking.BenchmarkConfig(model='toy', **_TINY)
-  return benchmarking.benchmark(subject, x, cfg, output_dir=out), out
+  cfg = config.BenchmarkConfig(model='toy', **_TINY)
+  return runner.benchmark(subject, x, cfg, output_dir=out), out
 
 
 def test_a_record_with_finite_positive_numbers_for_every_workload(full_run):
   records, _ = full_run
-  assert [r['workload'] for r in records] == list(benchmarking.WORKLOADS)
-  assert set(saliency.METHODS) < set(benchmarking.WORKLOADS)
+  assert [r['workload'] for r in records] == list(config.WORKLOADS)
+  assert set(saliency.METHODS) < set(config.WORKLOADS)
   for r in records:
     assert r['status'] == 'ok', r
     for field in ('items_per_s', 'median_s', 'compile_s', 'xla_bytes', 'xla_temp_bytes',
@@ -94,8 +96,8 @@ def test_settings_record_the_values_used(full_run):
 
 
 def test_metrics_record_compares_with_the_reference(full_run):
-  (r,) = [r for r in full_run[0] if r['workload'] == benchmarking.METRICS_WORKLOAD]
-  assert set(benchmarking.REFERENCE_METRICS) == set(comparison.METRICS)
+  (r,) = [r for r in full_run[0] if r['workload'] == config.METRICS_WORKLOAD]
+  assert set(workloads.REFERENCE_METRICS) == set(comparison.METRICS)
   assert r['reference_pairs_timed'] == 3
   assert r['reference_repeats'] == _TINY['repeats']
   assert r['reference_pairs_per_s'] > 0
@@ -109,8 +111,8 @@ def test_outputs_parse_and_markdown_has_a_row_per_workload(full_run):
   records, out = full_run
   assert sorted(p.name for p in out.iterdir()) == ['benchmark.json', 'benchmark.md',
                                                   'config.json']  # no *.tmp left over
-  config = _strict_json(out / 'config.json')
-  assert config['batch_size'] == 2 and config['model_name'] == '_GapNet'
+  run_config = _strict_json(out / 'config.json')
+  assert run_config['batch_size'] == 2 and run_config['model_name'] == '_GapNet'
   result = _strict_json(out / 'benchmark.json')
   assert result['records'] == json.loads(json.dumps(records))
   assert result['environment']['backend'] == jax.default_backend()
@@ -118,24 +120,24 @@ def test_outputs_parse_and_markdown_has_a_row_per_workload(full_run):
   rows = [line for line in (out / 'benchmark.md').read_text().splitlines()
           if line.startswith('| ')]
   assert rows[1].startswith('| ---')
-  assert [row.split(' | ')[0][2:] for row in rows[2:]] == list(benchmarking.WORKLOADS)
-  assert f'**{benchmarking.METRICS_WORKLOAD}**: batched JAX' in (out / 'benchmark.md').read_text()
+  assert [row.split(' | ')[0][2:] for row in rows[2:]] == list(config.WORKLOADS)
+  assert f'**{config.METRICS_WORKLOAD}**: batched JAX' in (out / 'benchmark.md').read_text()
 
 
 def test_plain_model_runs_the_stock_flax_layers_with_the_same_weights(tmp_path):
-  cfg = benchmarking.BenchmarkConfig(model='cnn_mnist', random_init=True, plain_model=True,
+  cfg = config.BenchmarkConfig(model='cnn_mnist', random_init=True, plain_model=True,
                                      workloads=('forward', 'gradient'), **_TINY)
-  subject, x, info = benchmarking.load_subject(cfg)
-  fast, _, _ = benchmarking.load_subject(dataclasses.replace(cfg, plain_model=False))
+  subject, x, info = runner.load_subject(cfg)
+  fast, _, _ = runner.load_subject(dataclasses.replace(cfg, plain_model=False))
   assert 'reduce_window_max' in str(jax.make_jaxpr(subject.apply_fn)(subject.variables, x))
   assert 'reduce_window_max' not in str(jax.make_jaxpr(fast.apply_fn)(fast.variables, x))
   np.testing.assert_allclose(subject.apply_fn(subject.variables, x),
                              fast.apply_fn(fast.variables, x), rtol=1e-5, atol=1e-5)
-  records = benchmarking.benchmark(subject, x, cfg, output_dir=tmp_path, info=info)
+  records = runner.benchmark(subject, x, cfg, output_dir=tmp_path, info=info)
   assert [r['status'] for r in records] == ['ok', 'ok']
   assert _strict_json(tmp_path / 'config.json')['plain_model'] is True
   assert '# Benchmark: cnn_mnist (plain' in (tmp_path / 'benchmark.md').read_text()
-  assert benchmarking.default_output_dir(cfg).endswith('cnn_mnist_plain_b2')
+  assert config.default_output_dir(cfg).endswith('cnn_mnist_plain_b2')
 
 
 def test_xla_defaults_compiles_without_the_package_options(tmp_path, monkeypatch):
@@ -147,9 +149,9 @@ def test_xla_defaults_compiles_without_the_package_options(tmp_path, monkeypatch
   subject, x = _subject(_GapNet())
   records = {}
   for xla_defaults in (False, True):
-    cfg = benchmarking.BenchmarkConfig(workloads=('gradient', benchmarking.METRICS_WORKLOAD),
+    cfg = config.BenchmarkConfig(workloads=('gradient', config.METRICS_WORKLOAD),
                                        xla_defaults=xla_defaults, **_TINY)
-    records[xla_defaults] = benchmarking.benchmark(subject, x, cfg,
+    records[xla_defaults] = runner.benchmark(subject, x, cfg,
                                                    output_dir=tmp_path / str(xla_defaults))
   # The metrics workload (no model) always compiles with XLA's defaults.
   assert compiled_with == [compilation.compiler_options(), None, None, None]
@@ -162,8 +164,8 @@ def test_xla_defaults_compiles_without_the_package_options(tmp_path, monkeypatch
 
 def test_cam_is_skipped_with_the_library_reason(tmp_path):
   subject, x = _subject(_FlattenNet())
-  cfg = benchmarking.BenchmarkConfig(workloads=('cam', 'forward'), **_TINY)
-  records = benchmarking.benchmark(subject, x, cfg, output_dir=tmp_path)
+  cfg = config.BenchmarkConfig(workloads=('cam', 'forward'), **_TINY)
+  records = runner.benchmark(subject, x, cfg, output_dir=tmp_path)
   assert [(r['workload'], r['status']) for r in records] == [('forward', 'ok'),
                                                               ('cam', 'skipped')]
   assert "dense kernel 'logits'" in records[1]['reason']
@@ -180,8 +182,8 @@ def test_write_atomic_replaces_only_a_complete_file(tmp_path, monkeypatch):
     assert pathlib.Path(src).read_text() == 'new'
     real_replace(src, dst)
 
-  monkeypatch.setattr(benchmarking.os, 'replace', replace)
-  benchmarking.write_atomic(path, 'new')
+  monkeypatch.setattr(runner.os, 'replace', replace)
+  runner.write_atomic(path, 'new')
   assert path.read_text() == 'new'
   assert [p.name for p in tmp_path.iterdir()] == ['out.json']
 
@@ -191,20 +193,20 @@ def test_unknown_workload_raises_before_any_compilation(tmp_path, monkeypatch):
     raise AssertionError('compiled before validating')
 
   subject, x = _subject(_GapNet())
-  monkeypatch.setattr(benchmarking.jax, 'jit', no_jit)
-  cfg = benchmarking.BenchmarkConfig(workloads=('forward', 'gradients'), **_TINY)
+  monkeypatch.setattr(runner.jax, 'jit', no_jit)
+  cfg = config.BenchmarkConfig(workloads=('forward', 'gradients'), **_TINY)
   with pytest.raises(ValueError, match=r"--workloads: unknown \['gradients'\]") as e:
-    benchmarking.benchmark(subject, x, cfg, output_dir=tmp_path)
-  assert all(name in str(e.value) for name in benchmarking.WORKLOADS)
+    runner.benchmark(subject, x, cfg, output_dir=tmp_path)
+  assert all(name in str(e.value) for name in config.WORKLOADS)
   assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize('field,value', [('repeats', 0), ('batch_size', 0), ('ig_chunk', -1),
                                          ('cw_max_iterations', 0)])
 def test_bad_counts_name_their_flag(field, value):
-  cfg = benchmarking.BenchmarkConfig(**{field: value})
+  cfg = config.BenchmarkConfig(**{field: value})
   with pytest.raises(ValueError, match=f'--{field} must be'):
-    benchmarking.validate(cfg)
+    config.validate(cfg)
 
 
 def test_binary_rejects_unknown_workload_naming_the_flag():

@@ -1,6 +1,7 @@
-"""advsal_jax.benchmarking_torch: the converted PyTorch model and the peers (skipped without torch).
+"""advsal_jax.benchmarks.torch_peers: the converted PyTorch model and the peers.
 
-No timing assertions: the PyTorch numbers only have to exist and be positive.
+Skipped without torch. No timing assertions: the PyTorch numbers only have to exist and be
+positive.
 """
 
 import json
@@ -10,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advsal_jax import benchmarking
-from advsal_jax import benchmarking_torch
 from advsal_jax import models
 from advsal_jax import saliency
+from advsal_jax.benchmarks import config
+from advsal_jax.benchmarks import runner
+from advsal_jax.benchmarks import torch_peers
+from advsal_jax.benchmarks import workloads
 
 torch = pytest.importorskip('torch')
 pytest.importorskip('captum')
@@ -49,7 +52,7 @@ def test_converted_random_init_model_has_the_flax_logits(random_alexnet, random_
   if random_stats:
     variables = _random_batch_stats(variables, jax.random.key(2))
   x = _images(4)
-  module = benchmarking_torch.to_torch('alexnet_cifar', variables)
+  module = torch_peers.to_torch('alexnet_cifar', variables)
   np.testing.assert_allclose(_torch_logits(module, x), jax.jit(model.apply)(variables, x),
                              atol=1e-4, rtol=1e-4)
 
@@ -57,7 +60,7 @@ def test_converted_random_init_model_has_the_flax_logits(random_alexnet, random_
 def test_converted_checkpoint_has_the_flax_logits(alexnet_cifar):
   model, variables, _ = alexnet_cifar
   x = _images(8)
-  module = benchmarking_torch.to_torch('alexnet_cifar', variables)
+  module = torch_peers.to_torch('alexnet_cifar', variables)
   np.testing.assert_allclose(_torch_logits(module, x), jax.jit(model.apply)(variables, x),
                              atol=1e-4, rtol=1e-4)
   assert not module.training
@@ -70,7 +73,7 @@ def test_captum_saliency_is_our_gradient(alexnet_cifar):
   model, variables, _ = alexnet_cifar
   x = _images(4)
   target = jnp.argmax(jax.jit(model.apply)(variables, x), axis=-1).astype(jnp.int32)
-  module = benchmarking_torch.to_torch('alexnet_cifar', variables)
+  module = torch_peers.to_torch('alexnet_cifar', variables)
   xt = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2))).requires_grad_()
   theirs = Saliency(module).attribute(xt, target=torch.from_numpy(np.asarray(target, np.int64)),
                                       abs=False).detach().numpy().transpose(0, 2, 3, 1)
@@ -81,29 +84,29 @@ def test_captum_saliency_is_our_gradient(alexnet_cifar):
 
 def test_other_models_are_refused_before_any_compilation(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match='only alexnet_cifar'):
-    benchmarking_torch.to_torch('cnn_mnist', {})
-  cfg = benchmarking.BenchmarkConfig(model='cnn_mnist', batch_size=2, workloads=('forward',),
+    torch_peers.to_torch('cnn_mnist', {})
+  cfg = config.BenchmarkConfig(model='cnn_mnist', batch_size=2, workloads=('forward',),
                                      repeats=1, compare_torch=True)
-  subject = benchmarking.Subject('cnn_mnist', lambda params, x: x[:, 0, 0], {}, 'conv4')
+  subject = workloads.Subject('cnn_mnist', lambda params, x: x[:, 0, 0], {}, 'conv4')
   x = np.zeros((2, 28, 28, 1), np.float32)
 
   def no_jit(*args, **kwargs):
     raise AssertionError('compiled before refusing the model')
 
-  monkeypatch.setattr(benchmarking.jax, 'jit', no_jit)
+  monkeypatch.setattr(runner.jax, 'jit', no_jit)
   with pytest.raises(ValueError, match="only alexnet_cifar.*'cnn_mnist'"):
-    benchmarking.benchmark(subject, x, cfg, output_dir=tmp_path)
+    runner.benchmark(subject, x, cfg, output_dir=tmp_path)
 
 
 def test_benchmark_records_the_pytorch_peers(random_alexnet, tmp_path):
   torchattacks = pytest.importorskip('torchattacks')
-  cfg = benchmarking.BenchmarkConfig(
+  cfg = config.BenchmarkConfig(
       batch_size=2, repeats=1, ig_steps=2, ig_chunk=1,
       workloads=('gradient', 'gradient_x_input', 'grad_cam', 'integrated_gradients', 'fgsm'),
       compare_torch=True)
   model, variables = random_alexnet
-  subject = benchmarking.Subject('alexnet_cifar', model.apply, variables, 'conv5')
-  records = benchmarking.benchmark(subject, _images(2), cfg, output_dir=tmp_path)
+  subject = workloads.Subject('alexnet_cifar', model.apply, variables, 'conv5')
+  records = runner.benchmark(subject, _images(2), cfg, output_dir=tmp_path)
   by_name = {r['workload']: r for r in records}
   assert by_name['gradient_x_input']['torch_tool'] is None  # No peer.
   assert 'speedup_vs_torch' not in by_name['gradient_x_input']
@@ -121,7 +124,7 @@ def test_benchmark_records_the_pytorch_peers(random_alexnet, tmp_path):
   assert by_name['integrated_gradients']['torch_settings']['method'] == 'riemann_middle'
   assert by_name['integrated_gradients']['torch_settings']['internal_batch_size'] == 2
   env = json.loads((tmp_path / 'benchmark.json').read_text())['environment']['torch']
-  assert env['parity_max_abs_logit_diff'] <= benchmarking_torch.PARITY_TOLERANCE
+  assert env['parity_max_abs_logit_diff'] <= torch_peers.PARITY_TOLERANCE
   assert env['torch'] == torch.__version__
   report = (tmp_path / 'benchmark.md').read_text()
   assert '| PyTorch items/s | JAX/PyTorch |' in report

@@ -1,4 +1,4 @@
-"""The markdown report of ``advsal_jax.benchmarking``: one row per workload, then notes."""
+"""The markdown report of a benchmark run: one row per workload, then notes."""
 
 from typing import Any
 

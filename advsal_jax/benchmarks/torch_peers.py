@@ -1,6 +1,6 @@
 """PyTorch peers of the benchmark's workloads: the same work done with Captum and torchattacks.
 
-With ``BenchmarkConfig.compare_torch``, ``benchmarking.benchmark`` converts the flax model to
+With ``BenchmarkConfig.compare_torch``, ``runner.benchmark`` converts the flax model to
 an equivalent ``torch.nn.Module`` (``to_torch``; ``TorchPeers.bind`` requires its
 logits to match), and after timing each workload times the PyTorch tool that does the same
 work (``PEERS``) on the same images, targets and weights, in the same process: one untimed
@@ -357,7 +357,8 @@ class TorchPeers:
 
     Args:
       name: the workload.
-      settings: the JAX job's settings; our function's keyword defaults fill the rest.
+      settings: the JAX job's settings; the method's registry defaults (an attack's keyword
+        defaults) fill the rest.
 
     Returns:
       ``(keep, compare)``: call ``keep(output)`` with the JAX workload's output, then
@@ -369,8 +370,11 @@ class TorchPeers:
       return lambda output: None, lambda repeats: {'torch_tool': None}
     library = self.versions['torchattacks' if name in attacks.ATTACKS else 'captum']
     tool = PEERS[name] if name == 'forward' else PEERS[name].replace(' ', f' {library} ', 1)
-    fn = saliency.METHODS.get(name) or attacks.ATTACKS.get(name)
-    hp = {**(_defaults(fn) if fn else {}), **settings}
+    if name in saliency.REGISTRY:
+      defaults = dict(saliency.REGISTRY[name].defaults)
+    else:
+      defaults = _defaults(attacks.ATTACKS[name]) if name in attacks.ATTACKS else {}
+    hp = {**defaults, **settings}
     build = self._attack_peer if name in attacks.ATTACKS else self._captum_peer
     peer, peer_settings = build(name, hp)
     kept = {}

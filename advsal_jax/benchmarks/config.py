@@ -1,0 +1,97 @@
+"""Settings of a benchmark run: the workload names, ``BenchmarkConfig`` and its validation."""
+
+import dataclasses
+import pathlib
+
+from advsal_jax import attacks
+from advsal_jax import saliency
+
+METRICS_WORKLOAD = 'study000_metrics'
+WORKLOADS = ('forward', *saliency.REGISTRY, *attacks.ATTACKS, METRICS_WORKLOAD)
+"""Every workload name, in the order they run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  """Settings of one benchmark run (written to ``config.json``).
+
+  ``None`` for an attack or chunk setting means the library function's default; the value
+  used is recorded in each workload's ``settings``. A chunk of 0 means no chunking.
+
+  Attributes:
+    model: registered model name or checkpoint directory.
+    random_init: use freshly initialised weights of the registered ``model`` and uniform
+      random images instead of a checkpoint and test images.
+    plain_model: run the model built from flax's stock layers (``models``' ``plain=True``:
+      ``nn.Conv`` as is, ``nn.max_pool``) with the same weights, i.e. a user's unmodified
+      model; the library's own rewrites still apply.
+    batch_size: images per call.
+    workloads: names from ``WORKLOADS``; empty: all.
+    repeats: timed calls per workload (the median is reported).
+    seed: PRNG seed (random images, SmoothGrad/LIME/PGD keys, random metric maps).
+    smoothgrad_samples: SmoothGrad's N.
+    smoothgrad_chunk: noisy copies per image evaluated at once (``batch_size`` argument).
+    ig_steps: Integrated Gradients' number of steps.
+    ig_chunk: path points per image evaluated at once.
+    lime_samples: LIME's perturbed copies per image.
+    lime_chunk: perturbed copies per image evaluated at once.
+    attack_steps: ``num_steps`` of BIM, PGD and MIM.
+    cw_binary_search_steps: Carlini-Wagner's number of constants tried.
+    cw_max_iterations: Carlini-Wagner's Adam steps per constant.
+    deepfool_max_iter: DeepFool's maximum number of steps.
+    metric_pairs: pairs of random maps for ``study000_metrics``.
+    reference_pairs: how many of them the per-pair reference is timed on (then extrapolated).
+    compare_torch: also time each workload's PyTorch peer (Captum, torchattacks) on the
+      converted model (``torch_peers``; alexnet_cifar only, needs torch installed).
+    xla_defaults: compile with XLA's default options instead of
+      ``compilation.compiler_options()`` (to measure what those options change).
+  """
+  model: str = 'alexnet_cifar'
+  random_init: bool = False
+  plain_model: bool = False
+  batch_size: int = 64
+  workloads: tuple[str, ...] = ()
+  repeats: int = 3
+  seed: int = 0
+  smoothgrad_samples: int = 50
+  smoothgrad_chunk: int | None = None
+  ig_steps: int = 64
+  ig_chunk: int | None = None
+  lime_samples: int = 1000
+  lime_chunk: int | None = None
+  attack_steps: int | None = None
+  cw_binary_search_steps: int | None = None
+  cw_max_iterations: int | None = None
+  deepfool_max_iter: int | None = None
+  metric_pairs: int = 10_000
+  reference_pairs: int = 500
+  compare_torch: bool = False
+  xla_defaults: bool = False
+
+
+def validate(cfg: BenchmarkConfig) -> tuple[str, ...]:
+  """Checks ``cfg`` before any compilation and returns the workloads to run, in run order.
+
+  Raises:
+    ValueError: an unknown workload (naming the flag and listing the valid names) or a
+      non-positive count.
+  """
+  unknown = [w for w in cfg.workloads if w not in WORKLOADS]
+  if unknown:
+    raise ValueError(f'--workloads: unknown {unknown}; valid names: {", ".join(WORKLOADS)}.')
+  for name in ('batch_size', 'repeats', 'smoothgrad_samples', 'ig_steps', 'lime_samples',
+               'metric_pairs', 'reference_pairs'):
+    if getattr(cfg, name) < 1:
+      raise ValueError(f'--{name} must be >= 1, got {getattr(cfg, name)}.')
+  for name in ('smoothgrad_chunk', 'ig_chunk', 'lime_chunk', 'attack_steps',
+               'cw_binary_search_steps', 'cw_max_iterations', 'deepfool_max_iter'):
+    value, low = getattr(cfg, name), 0 if name.endswith('_chunk') else 1
+    if value is not None and value < low:
+      raise ValueError(f'--{name} must be >= {low} or unset, got {value}.')
+  return tuple(w for w in WORKLOADS if w in cfg.workloads) if cfg.workloads else WORKLOADS
+
+
+def default_output_dir(cfg: BenchmarkConfig) -> str:
+  """``results/benchmark/<model>[_plain]_b<batch_size>`` (a checkpoint dir's last part)."""
+  plain = '_plain' if cfg.plain_model else ''
+  return f'results/benchmark/{pathlib.Path(cfg.model).name}{plain}_b{cfg.batch_size}'

@@ -1,0 +1,281 @@
+"""Runs the benchmark: throughput, compile time and memory of every workload, written as it goes.
+
+For each workload (``workloads``) ``benchmark`` records the items per second (median over
+timed calls), the seconds to ``jax.jit(f).lower(...).compile()``, XLA's memory analysis of
+the compiled executable and the process's peak resident set size. With ``compare_torch`` each
+workload that has a PyTorch peer (Captum, torchattacks) is also timed on the same model,
+images and targets (``torch_peers``). ``experiments/benchmark.py`` is the binary.
+
+Timing: each workload is compiled ahead of time, then its executable runs ``repeats`` times,
+each call blocked until ready; there is no separate untimed call, so with ``repeats >= 3`` the
+median discards a slow first call.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advsal_jax import checkpoints
+from advsal_jax import compilation
+from advsal_jax import data
+from advsal_jax import models
+from advsal_jax.benchmarks import config
+from advsal_jax.benchmarks import report
+from advsal_jax.benchmarks import torch_peers
+from advsal_jax.benchmarks import workloads
+
+METRICS_GOAL = 20.0
+"""Target speed-up of the batched metrics over the per-pair scipy/skimage reference."""
+
+
+def load_subject(cfg: config.BenchmarkConfig, *, data_dir: str | None = None
+                 ) -> tuple[workloads.Subject, np.ndarray, dict[str, Any]]:
+  """The model of ``cfg`` and a batch of its inputs.
+
+  Returns:
+    ``(subject, x, info)``: ``x`` f32[batch_size,H,W,C] in [0, 1] (the first test images,
+    or uniform noise with ``random_init``); ``info`` describes both for ``config.json``.
+
+  Raises:
+    ValueError: unknown model name (``random_init``), batch larger than the test split.
+    checkpoints.CheckpointError: missing or broken checkpoint.
+  """
+  key_model, key_x = jax.random.split(jax.random.key(cfg.seed))
+  if cfg.random_init:
+    name = cfg.model
+    model, variables = models.init(name, key_model)
+    model = model.clone(plain=cfg.plain_model)
+    spec = models.get_spec(name)
+    x = np.asarray(jax.random.uniform(key_x, (cfg.batch_size, *spec.input_shape)))
+    info = {'weights': 'random init', 'inputs': 'uniform random'}
+    return workloads.Subject(name, model.apply, variables, spec.last_conv), x, info
+  model, variables, meta = checkpoints.load(cfg.model)
+  model = model.clone(plain=cfg.plain_model)
+  name = meta['model']
+  test = data.load(meta['dataset'], 'test', data_dir=data_dir)
+  if cfg.batch_size > len(test.labels):
+    raise ValueError(f'--batch_size must be <= {len(test.labels)} (the test split), got '
+                     f'{cfg.batch_size}.')
+  layer = meta.get('last_conv') or models.get_spec(name).last_conv
+  info = {'weights': str(checkpoints.resolve(cfg.model)),
+          'inputs': f'first {cfg.batch_size} {meta["dataset"]} test images'}
+  return (workloads.Subject(name, model.apply, variables, layer),
+          data.to_float(test.images[:cfg.batch_size]), info)
+
+
+def _compiled_memory(compiled: jax.stages.Compiled) -> dict[str, int | None]:
+  """XLA's static buffer sizes of an executable (None where the backend has no analysis)."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return {'xla_bytes': None, 'xla_temp_bytes': None}
+  return {'xla_bytes': (stats.argument_size_in_bytes + stats.output_size_in_bytes
+                        + stats.temp_size_in_bytes),
+          'xla_temp_bytes': stats.temp_size_in_bytes}
+
+
+def max_rss_bytes() -> int:
+  """The process's peak resident set size so far (a high-water mark, it never decreases)."""
+  scale = 1 if sys.platform == 'darwin' else 1024  # ru_maxrss is KiB on Linux.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def measure(job: workloads.Job, repeats: int, *,
+            options: dict[str, str] | None = None) -> dict[str, Any]:
+  """Compiles ``job.fn`` ahead of time, then times ``repeats`` blocking calls.
+
+  Args:
+    job: the workload.
+    repeats: timed calls.
+    options: XLA compiler options (``compilation.compiler_options()``); None: XLA's defaults.
+
+  Returns:
+    ``items_per_s`` (at the median time), ``median_s``, ``times_s``, ``compile_s`` (lower +
+    compile), ``xla_bytes`` (argument + output + temp), ``xla_temp_bytes`` and what
+    ``job.check`` returns.
+  """
+  start = time.perf_counter()
+  compiled = jax.jit(job.fn).lower(*job.args).compile(compiler_options=options)
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    output = jax.block_until_ready(compiled(*job.args))
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  return {'items_per_s': job.items / median, 'median_s': median, 'times_s': times,
+          'compile_s': compile_s, **_compiled_memory(compiled),
+          **(job.check(output) if job.check else {})}
+
+
+def _keeping(check: Callable[[Any], dict[str, Any]] | None,
+             keep: Callable[[Any], None]) -> Callable[[Any], dict[str, Any]]:
+  """``check`` that first hands the output to ``keep``."""
+  def wrapped(output):
+    keep(output)
+    return check(output) if check else {}
+  return wrapped
+
+
+def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.Array,
+                 num_classes: int, cfg: config.BenchmarkConfig, key: jax.Array, *,
+                 peers: torch_peers.TorchPeers | None = None,
+                 options: dict[str, str] | None = None) -> dict[str, Any]:
+  """Builds, compiles and times one workload.
+
+  Args:
+    name: from ``config.WORKLOADS``.
+    subject: the model.
+    x: f32[B,H,W,C] in [0, 1].
+    pred: i32[B] the model's predictions on ``x`` (saliency targets, attack labels).
+    num_classes: K.
+    cfg: the settings.
+    key: the workload's PRNG key.
+    peers: with ``cfg.compare_torch``, the PyTorch peers, bound to ``x`` and ``pred``.
+    options: XLA compiler options for workloads that run the model (``study000_metrics``
+      always compiles with XLA's defaults, which suit it; see ``compilation``); None: XLA's
+      defaults.
+
+  Returns:
+    The workload's record: ``status`` 'ok' with the numbers of ``measure`` plus
+    ``process_max_rss_bytes`` (the process high-water mark after it) and
+    ``process_max_rss_growth_bytes`` (how much this workload raised it), or 'skipped' with
+    ``reason``. With ``peers`` also the ``torch_*`` entries of
+    ``TorchPeers.prepare`` and ``speedup_vs_torch`` (JAX items/s over PyTorch items/s).
+  """
+  record: dict[str, Any] = {'workload': name, 'kind': workloads.kind(name)}
+  rss_before = max_rss_bytes()
+  try:
+    job = workloads.build_job(name, subject, x, pred, num_classes, cfg, key)
+  except workloads.NotApplicable as e:
+    return {**record, 'status': 'skipped', 'reason': str(e)}
+  compare = None
+  if peers is not None:
+    keep, compare = peers.prepare(name, job.settings)
+    job = dataclasses.replace(job, check=_keeping(job.check, keep))
+  job_options = None if name == config.METRICS_WORKLOAD else options
+  record.update(status='ok', items='pairs' if name == config.METRICS_WORKLOAD else 'images',
+                items_per_call=job.items, settings=job.settings,
+                compiler_options=job_options or {},
+                **measure(job, cfg.repeats, options=job_options),
+                **job.extra)
+  record['process_max_rss_bytes'] = max_rss_bytes()
+  record['process_max_rss_growth_bytes'] = record['process_max_rss_bytes'] - rss_before
+  if 'reference_pairs_per_s' in record:
+    record['speedup_vs_reference'] = record['items_per_s'] / record['reference_pairs_per_s']
+    record['speedup_goal'] = METRICS_GOAL
+  if compare is not None:
+    record.update(compare(cfg.repeats))
+    if record.get('torch_items_per_s'):
+      record['speedup_vs_torch'] = record['items_per_s'] / record['torch_items_per_s']
+  return record
+
+
+def environment() -> dict[str, Any]:
+  """Versions, devices and machine load, for reading the numbers later."""
+  return {'jax': jax.__version__, 'backend': jax.default_backend(),
+          'devices': [d.device_kind for d in jax.devices()], 'cpu_count': os.cpu_count(),
+          'python': platform.python_version(), 'platform': platform.platform(),
+          'loadavg_at_start': list(os.getloadavg())}
+
+
+def write_atomic(path: pathlib.Path, text: str):
+  """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _write_results(out: pathlib.Path, run_config: dict[str, Any], env: dict[str, Any],
+                   records: list[dict[str, Any]]):
+  env = {**env, 'loadavg_at_end': list(os.getloadavg())}
+  write_atomic(out / 'benchmark.json', json.dumps(
+      {'config': run_config, 'environment': env, 'records': records}, indent=2) + '\n')
+  write_atomic(out / 'benchmark.md', report.markdown(records, run_config, env) + '\n')
+
+
+def benchmark(subject: workloads.Subject, x: jax.typing.ArrayLike,
+              cfg: config.BenchmarkConfig, *, output_dir: str | os.PathLike,
+              info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+  """Runs the workloads of ``cfg`` on ``subject`` and writes the results.
+
+  Writes ``config.json`` first, then rewrites ``benchmark.json`` (config, environment,
+  records) and ``benchmark.md`` atomically after every workload, so a killed run leaves the
+  finished ones.
+
+  Args:
+    subject: the model.
+    x: f32[B,H,W,C] in [0, 1], B = ``cfg.batch_size``.
+    cfg: the settings.
+    output_dir: created if missing.
+    info: extra entries for ``config.json`` (where weights and inputs come from).
+
+  Returns:
+    One record per workload (see ``run_workload``).
+
+  Raises:
+    ValueError: bad settings (before any compilation), ``x`` not of batch ``batch_size``;
+      with ``compare_torch``, a model other than alexnet_cifar (before any compilation) or a
+      converted model whose logits disagree.
+    ImportError: ``compare_torch`` without torch, captum or (for attacks) torchattacks.
+  """
+  names = config.validate(cfg)
+  if np.shape(x)[0] != cfg.batch_size:
+    raise ValueError(f'x must hold batch_size={cfg.batch_size} images, got {np.shape(x)}.')
+  peers = (torch_peers.TorchPeers(subject.name, subject.variables, names, seed=cfg.seed)
+           if cfg.compare_torch else None)
+  out = pathlib.Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  run_config = {**dataclasses.asdict(cfg), 'model_name': subject.name, 'layer': subject.layer,
+                'weights': 'given', 'inputs': 'given', **(info or {})}
+  write_atomic(out / 'config.json', json.dumps(run_config, indent=2) + '\n')
+  env = environment()
+  options = None if cfg.xla_defaults else compilation.compiler_options()
+  env['compiler_options'] = options or {}
+  x = jnp.asarray(x)
+  logits = jax.jit(subject.apply_fn)(subject.variables, x)
+  pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  if peers is not None:
+    env['torch'] = peers.bind(np.asarray(x), np.asarray(pred), logits)
+  base_key = jax.random.key(cfg.seed)
+  records, start = [], time.perf_counter()
+  for i, name in enumerate(names):
+    logging.info('workload %d/%d %s: building and compiling', i + 1, len(names), name)
+    key = jax.random.fold_in(base_key, config.WORKLOADS.index(name))
+    record = run_workload(name, subject, x, pred, logits.shape[-1], cfg, key, peers=peers,
+                          options=options)
+    records.append(record)
+    _write_results(out, run_config, env, records)
+    if record['status'] == 'ok':
+      logging.info('workload %d/%d %s: %.4g %s/s (median %.3g s), compile %.3g s, XLA %.1f MiB; '
+                   '%.0f s elapsed', i + 1, len(names), name, record['items_per_s'],
+                   record['items'], record['median_s'], record['compile_s'],
+                   (record['xla_bytes'] or 0) / 2**20, time.perf_counter() - start)
+      if record.get('speedup_vs_torch'):
+        logging.info('workload %d/%d %s: PyTorch %.4g %s/s (%s): JAX/PyTorch %.3g', i + 1,
+                     len(names), name, record['torch_items_per_s'], record['items'],
+                     record['torch_tool'], record['speedup_vs_torch'])
+    else:
+      logging.info('workload %d/%d %s: skipped (%s)', i + 1, len(names), name, record['reason'])
+  return records
+
+
+def run(cfg: config.BenchmarkConfig, *, output_dir: str | os.PathLike | None = None,
+        data_dir: str | None = None) -> pathlib.Path:
+  """Validates ``cfg``, loads the model and inputs, benchmarks them; returns the output dir."""
+  config.validate(cfg)
+  out = pathlib.Path(output_dir or config.default_output_dir(cfg))
+  subject, x, info = load_subject(cfg, data_dir=data_dir)
+  benchmark(subject, x, cfg, output_dir=out, info=info)
+  return out
