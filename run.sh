@@ -1,26 +1,68 @@
 #!/usr/bin/env bash
-# bash run.sh [FLAGS...]        set up .venv if missing, install advsal_jax, run study 000 on the
-#                               first 448 CIFAR-10 test images (about 3 minutes on 2 CPU cores).
-# bash run.sh full [FLAGS...]   the same study on all 10,000 test images (the paper's experiment,
-#                               under an hour).
-# bash run.sh test [PYTEST ARGS...]   install the dev extras and run the whole test suite.
-# FLAGS go to experiments/compare_saliency.py (--help lists them). A killed run continues
-# where it stopped when the same command is run again.
+# bash run.sh [FLAGS...]              set up .venv if missing, install advsal_jax, run study 000
+#                                     at its default preset (448 CIFAR-10 test images, minutes).
+# bash run.sh full [FLAGS...]         study 000 at the paper's scale (10,000 images, under an hour).
+# bash run.sh study NNN [--preset=P] [FLAGS...]   any study by number (default preset: default).
+# bash run.sh all [--preset=P]        every study, then results/index.md (one row per study).
+# bash run.sh test [PYTEST ARGS...]   install the dev extras and run the whole test suite
+#                                     (-m "not slow" skips the subprocess kill/resume tests).
+# FLAGS go to the study's binary (experiments/<name>.py --help lists them). A killed run
+# continues where it stopped when the same command is run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ]; then
+  echo "Creating .venv (first run only)..."
   python3 -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
 fi
-if [ "${1:-}" = "test" ]; then
+
+# Installs the package (with extras $1) when the project's files changed since the last
+# install; pip's output goes to .venv/install.log and is shown only if it fails.
+install() {
+  local stamp=".venv/.installed-$1-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
+  [ -e "$stamp" ] && return 0
+  echo "Installing advsal_jax${1:+[$1]} into .venv (log: .venv/install.log)..."
+  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+         .venv/bin/python -m pip install -q -e ".${1:+[$1]}"; } >.venv/install.log 2>&1; then
+    tail -n 30 .venv/install.log >&2
+    exit 1
+  fi
+  rm -f .venv/.installed-"$1"-*
+  touch "$stamp"
+}
+
+studies() {  # studies NUMBERS [--preset=P] [FLAGS...]
+  local numbers=$1 preset=(--preset=default)
   shift
-  .venv/bin/python -m pip install -q -e '.[dev]'
-  exec .venv/bin/python -m pytest tests "$@"
-fi
-num_examples=448
-if [ "${1:-}" = "full" ]; then
-  shift
-  num_examples=10000
-fi
-.venv/bin/python -m pip install -q -e .
-exec .venv/bin/python experiments/compare_saliency.py --num_examples="$num_examples" --resume "$@"
+  if [ "${1:-}" != "${1#--preset=}" ]; then
+    preset=("$1")
+    shift
+  fi
+  install ""
+  exec .venv/bin/python experiments/run_studies.py --studies="$numbers" "${preset[@]}" -- "$@"
+}
+
+case "${1:-}" in
+  test)
+    shift
+    install dev
+    exec .venv/bin/python -m pytest tests "$@"
+    ;;
+  study)
+    [ $# -ge 2 ] || { echo "usage: bash run.sh study NNN [--preset=P] [FLAGS...]" >&2; exit 2; }
+    shift
+    number=$1
+    shift
+    studies "$number" "$@"
+    ;;
+  all)
+    shift
+    studies all "$@"
+    ;;
+  full)
+    shift
+    studies 000 --preset=full "$@"
+    ;;
+  *)
+    studies 000 "$@"
+    ;;
+esac

@@ -27,9 +27,9 @@ from advsal_jax import checkpoints
 from advsal_jax import models
 from advsal_jax import parallel
 from advsal_jax import saliency
-from advsal_jax.studies import comparison
-from advsal_jax.studies import comparison_report
-from conftest import random_study_checkpoint
+from advsal_jax.studies import compare_saliency as study
+from advsal_jax.studies import store
+from testing_utils import random_study_checkpoint
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _B, _K = 8, 3
@@ -106,21 +106,20 @@ def _methods_worker(out_path):
 
 def _study_worker(out_path, ckpt, data_dir, run_dir):
   """4 devices: study 000's run, plus the sharding and collectives of its step."""
-  cfg = comparison.ComparisonConfig(**json.loads(os.environ['PARALLEL_TEST_CFG']))
-  comparison.run(cfg, output_dir=run_dir, data_dir=data_dir)
+  cfg = study.Config(**json.loads(os.environ['PARALLEL_TEST_CFG']))
+  study.run(cfg, output_dir=run_dir, data_dir=data_dir)
   # The compiled step on a cheaper configuration: outputs split, no cross-device traffic.
-  small = comparison.ComparisonConfig(checkpoint=ckpt, num_examples=4, batch_size=4,
-                                      untargeted_eps=(0.2,), methods=('smoothgrad',),
-                                      metrics=('spearman',), smoothgrad_samples=2)
+  small = study.Config(checkpoint=ckpt, num_examples=4, batch_size=4, untargeted_eps=(0.2,),
+                       methods=('smoothgrad',), metrics=('spearman',),
+                       method_kwargs={'smoothgrad': {'num_samples': 2}})
   model, variables, _ = checkpoints.load(ckpt)
   mesh = parallel.data_mesh()
-  step = comparison.make_step(model.apply, mesh, cfg=small, num_classes=10,
-                              layer=models.get_spec('alexnet_cifar').last_conv)
+  step = study.make_step(model.apply, mesh, cfg=small, num_classes=10,
+                         layer=models.get_spec('alexnet_cifar').last_conv)
   eps = np.full((1, 3), 0.01, np.float32)
-  args = (*parallel.replicate((variables,), mesh),
-          *parallel.shard_batch((np.full((4, 32, 32, 3), 0.5, np.float32),
-                                 np.arange(4, dtype=np.int32)), mesh),
-          *parallel.replicate((eps, eps[0]), mesh))
+  args = (parallel.replicate((variables, eps, eps[0]), mesh),
+          parallel.shard_batch({'x': np.full((4, 32, 32, 3), 0.5, np.float32),
+                                'index': np.arange(4, dtype=np.int32)}, mesh))
   hlo = step.lower(*args).compile().as_text()
   out = step(*args)
   collectives = [op for op in ('all-gather', 'all-reduce', 'all-to-all', 'collective-permute')
@@ -220,7 +219,7 @@ def _assert_same_results(a_dir, b_dir):
   XLA's CPU kernels may round differently for another per-device batch size (1 image per
   device here against 2 on one device): up to 4e-6 on a Spearman correlation.
   """
-  a, b = (comparison_report.load_shards(d) for d in (a_dir, b_dir))
+  a, b = (study.load_results(d) for d in (a_dir, b_dir))
   a.pop('seconds'), b.pop('seconds')
   assert set(a) == set(b)
   for key in a:
@@ -235,9 +234,9 @@ def _assert_same_results(a_dir, b_dir):
 
 def test_study_000_on_4_devices_equals_one_device(study_setup, tmp_path):
   root, ckpt, data_dir = study_setup
-  # The tiny settings of studies_comparison_test; batch 2 pads to 4 on 4 devices.
+  # The tiny settings of studies_compare_saliency_test; batch 2 pads to 4 on 4 devices.
   cfg = dict(checkpoint=ckpt, num_examples=3, batch_size=2, untargeted_eps=(0.2, 1.0),
-             targeted_eps=0.4, smoothgrad_samples=2)
+             targeted_eps=0.4, method_kwargs={'smoothgrad': {'num_samples': 2}})
   _run_subprocess(['study', tmp_path / 'four.npz', ckpt, data_dir, tmp_path / 'four'],
                   env={'PARALLEL_TEST_CFG': json.dumps(cfg)})
   meta = json.loads(str(np.load(tmp_path / 'four.npz')['meta']))
@@ -245,11 +244,11 @@ def test_study_000_on_4_devices_equals_one_device(study_setup, tmp_path):
   assert meta['collectives'] == [], meta  # each device works on its own images only
   assert all(n == 4 for n in meta['devices'].values()), meta
   assert meta['specs']['real_pred'] == ['data'], meta
-  assert meta['specs']['smoothgrad/spearman'] == [None, 'data'], meta
-  comparison.run(comparison.ComparisonConfig(**cfg), output_dir=tmp_path / 'one',
+  assert meta['specs']['smoothgrad/spearman'] == ['data'], meta  # [B, V], batch first
+  study.run(study.Config(**cfg), output_dir=tmp_path / 'one',
                  data_dir=data_dir)
   _assert_same_results(tmp_path / 'one', tmp_path / 'four')
-  assert len(list((tmp_path / 'four' / 'shards').glob('*.npz'))) == 2
+  assert len(store.shard_files(tmp_path / 'four', study.STAGE)) == 2
 
 
 def _free_port():
@@ -279,7 +278,7 @@ def test_study_000_on_two_processes_equals_one_device(study_setup, tmp_path):
                     'process_local_rows': [[0, 1, 2, 3], [4, 5, 6, 7]][i]}, meta
   # Each process had its own output directory: only process 0 wrote.
   assert not (tmp_path / 'run1').exists()
-  comparison.run(comparison.ComparisonConfig(**cfg), output_dir=tmp_path / 'one',
+  study.run(study.Config(**cfg), output_dir=tmp_path / 'one',
                  data_dir=data_dir)
   _assert_same_results(tmp_path / 'one', tmp_path / 'run0')
 
@@ -305,7 +304,7 @@ def test_the_binary_on_two_processes_writes_once_and_equals_one_device(study_set
   assert (tmp_path / 'run' / 'report.md').is_file()
   cfg = dict(checkpoint=ckpt, num_examples=3, batch_size=3, untargeted_eps=(0.2, 1.0),
              methods=('grad_cam',), metrics=('spearman',))
-  comparison.run(comparison.ComparisonConfig(**cfg), output_dir=tmp_path / 'one',
+  study.run(study.Config(**cfg), output_dir=tmp_path / 'one',
                  data_dir=data_dir)
   _assert_same_results(tmp_path / 'one', tmp_path / 'run')
 
@@ -319,8 +318,8 @@ def _multihost_worker(address, process_id, out_dir):
   rows = np.arange(4) + 4 * process_id  # this process's half of a global batch of 8
   gathered = parallel.to_host(parallel.shard_batch(rows, mesh, process_local=True))
   np.testing.assert_array_equal(gathered, np.arange(8))
-  cfg = comparison.ComparisonConfig(**json.loads(os.environ['PARALLEL_TEST_CFG']))
-  comparison.run(cfg, output_dir=out_dir / f'run{process_id}',
+  cfg = study.Config(**json.loads(os.environ['PARALLEL_TEST_CFG']))
+  study.run(cfg, output_dir=out_dir / f'run{process_id}',
                  data_dir=os.environ['PARALLEL_TEST_DATA_DIR'])
   (out_dir / f'meta{process_id}.json').write_text(json.dumps({
       'process_count': jax.process_count(), 'device_count': jax.device_count(),

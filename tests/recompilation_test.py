@@ -18,8 +18,9 @@ from advsal_jax import checkpoints
 from advsal_jax import models
 from advsal_jax import parallel
 from advsal_jax import saliency
-from advsal_jax.studies import comparison
-from conftest import write_official_cifar
+from advsal_jax.studies import compare_saliency as study
+from advsal_jax.studies import store
+from testing_utils import write_official_cifar
 
 
 class _Tiny(nn.Module):
@@ -106,17 +107,18 @@ def test_the_counters_see_a_recompilation(compile_counter):
   assert compile_counter.traces == 2 and compile_counter.compiles >= 2
 
 
-_SMALL = dict(num_examples=3, batch_size=2, untargeted_eps=(0.2, 1.0), smoothgrad_samples=2,
+_SMALL = dict(num_examples=3, batch_size=2, untargeted_eps=(0.2, 1.0),
+              method_kwargs={'smoothgrad': {'num_samples': 2}},
               methods=('smoothgrad', 'grad_cam'), metrics=('spearman',))
 
 
 def test_study_000_step_compiles_once_for_new_params_and_budgets(compile_counter, monkeypatch):
-  monkeypatch.setattr(comparison, 'compare_batch', compile_counter.wrap(comparison.compare_batch))
+  monkeypatch.setattr(study, 'compare_batch', compile_counter.wrap(study.compare_batch))
   model, v0 = models.init('alexnet_cifar', jax.random.key(0))
   _, v1 = models.init('alexnet_cifar', jax.random.key(1))
-  cfg = comparison.ComparisonConfig(**_SMALL)
+  cfg = study.Config(**_SMALL)
   mesh = parallel.data_mesh()
-  step = comparison.make_step(model.apply, mesh, cfg=cfg, num_classes=10,
+  step = study.make_step(model.apply, mesh, cfg=cfg, num_classes=10,
                               layer=models.get_spec('alexnet_cifar').last_conv)
   x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
   index = np.arange(2, dtype=np.int32)
@@ -124,11 +126,11 @@ def test_study_000_step_compiles_once_for_new_params_and_budgets(compile_counter
   def eps(scale):
     return (np.full((2, 3), 0.01, np.float32) * scale, np.full((3,), 0.02, np.float32) * scale)
 
-  first = jax.device_get(step(v0, x, index, *eps(1)))
+  first = jax.device_get(step((v0, *eps(1)), {'x': x, 'index': index}))
   assert compile_counter.traces == 1
   traces, compiles = compile_counter.traces, compile_counter.compiles
-  second = jax.device_get(step(v1, x, index, *eps(1)))
-  third = jax.device_get(step(v1, x, index + 5, *eps(3)))
+  second = jax.device_get(step((v1, *eps(1)), {'x': x, 'index': index}))
+  third = jax.device_get(step((v1, *eps(3)), {'x': x, 'index': index + 5}))
   assert (compile_counter.traces - traces, compile_counter.compiles - compiles) == (0, 0)
   assert not np.array_equal(first['linf'], third['linf'])
   assert not np.array_equal(first['smoothgrad/spearman'], second['smoothgrad/spearman'])
@@ -140,9 +142,9 @@ def test_study_000_run_compiles_once_for_every_batch(compile_counter, monkeypatc
   _, variables = models.init('alexnet_cifar', jax.random.key(0))
   ckpt = checkpoints.save(tmp_path / 'ckpt', model_name='alexnet_cifar', variables=variables,
                           metadata={'test_accuracy': 0.1, 'dataset': 'cifar10'})
-  monkeypatch.setattr(comparison, 'compare_batch', compile_counter.wrap(comparison.compare_batch))
+  monkeypatch.setattr(study, 'compare_batch', compile_counter.wrap(study.compare_batch))
   out = tmp_path / 'run'
-  comparison.run(comparison.ComparisonConfig(checkpoint=str(ckpt), **_SMALL), output_dir=out,
-                 data_dir=str(tmp_path / 'data'))
-  assert len(list((out / 'shards').glob('*.npz'))) == 2
+  study.run(study.Config(checkpoint=str(ckpt), **_SMALL), output_dir=out,
+            data_dir=str(tmp_path / 'data'))
+  assert len(store.shard_files(out, study.STAGE)) == 2
   assert compile_counter.traces == 1
