@@ -2,20 +2,16 @@
 
 On XLA:CPU (jaxlib 0.10) convolutions are by default handed to the YNNPACK library. On the
 2-core x86 machines this package is benchmarked on, that is slower than XLA's own (Eigen)
-convolution for the small convolutions of CIFAR nets: at batch 64 with 3x3 kernels, forward
-plus input and kernel gradients took 31 / 54 / 23 ms through YNNPACK and 18 / 21 / 14 ms through
-Eigen for 3->32 features at 32x32, 32->64 at 16x16 and 64->128 at 8x8 (only a 128->128 forward
-at 8x8 was faster in YNNPACK, 6 vs 9 ms). ``CPU_OPTIONS`` keeps YNNPACK for dot products only
-(``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``), so convolutions take XLA's own path. For alexnet_cifar
-at batch 64 that made each workload timed A/B 1.04-1.62x faster (forward, gradient, Guided
-Backprop, Grad-CAM, IG, FGSM, BIM; own and stock-flax model; same process, interleaved calls).
-The default also sends reductions to YNNPACK; keeping that (``..._REDUCE``) cost the model
-workloads 10-15 % (gradient 781 vs 688 images/s), so it is off too. Values are the same sums;
-the order in which they are added may differ (float rounding). GPU and TPU get no options.
+convolution for the small convolutions of CIFAR nets, forward and both gradients (the README
+gives the timings). ``CPU_OPTIONS`` keeps YNNPACK for dot products only
+(``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``), so convolutions take XLA's own path. The default
+also sends reductions to YNNPACK; keeping that (``..._REDUCE``) slowed the model workloads,
+so it is off too. Values are the same sums; the order in which they are added may differ
+(float rounding). GPU and TPU get no options.
 
 The options are for programs that run a conv net. A program of reductions and small matrix
-products alone, such as study 000's three metrics, runs about 10 % faster with XLA's defaults,
-which is how ``benchmarking`` compiles its metrics workload. Study 000's step computes
+products alone, such as study 000's three metrics, runs faster with XLA's defaults, which is
+how ``advsal_jax.benchmarks`` compiles its metrics workload. Study 000's step computes
 saliency, attacks and metrics in one program and compiles with the options: the model's share
 of its time is far larger.
 

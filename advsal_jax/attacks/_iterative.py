@@ -69,7 +69,7 @@ def bim(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
 
   ``x_{t+1} = Proj(x_t + step_size * dir(grad))`` from ``x_0 = x``, where ``dir`` is ``sign``
   (L-inf) or ``g / ||g||_2`` (L2) and ``Proj`` keeps the perturbation inside ``mask``, the
-  eps-ball and ``bounds``. With a mask this is the localized attack of paper 004.
+  eps-ball and ``bounds``. With a mask this is the localized attack of Göpfert et al.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
@@ -95,6 +95,7 @@ def bim(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
 
   References:
     Kurakin, Goodfellow & Bengio, Adversarial examples in the physical world, arXiv:1607.02533.
+    Göpfert, Wersing & Hammer, Recovering Localized Adversarial Attacks, preprint 2019.
   """
   del key
   return _iterate(apply_fn, params, x, labels, start_key=None, targeted=targeted, bounds=bounds,

@@ -11,9 +11,8 @@ ahead of time, so their timed calls are warm too.) The record gains ``torch_item
 ``speedup_vs_torch`` (JAX items/s over PyTorch items/s). The ratio holds across runs only
 on a machine that is not oversubscribed: PyTorch's OpenMP threads meet at a barrier after
 every operator and wait for any thread the scheduler parks, so PyTorch slows far more than
-XLA under load (on 2 cores at load 4.7 the ratios of the batched peers came out 1.2 to 6
-times those of a run at load 0.6); the report flags workloads timed at a load above the core
-count.
+XLA under load (an oversubscribed run inflates the ratios severalfold; the README gives a
+measured case); the report flags workloads timed at a load above the core count.
 
 PyTorch is not a dependency of the package: torch, captum and torchattacks are imported
 inside the functions here. Install them with ``pip install -e '.[torch]'`` (torch and

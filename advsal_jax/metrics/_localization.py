@@ -8,9 +8,9 @@ difference of their unnormalised means (``avg_diff``, its "Avg-Diff").
 
 References:
   Göpfert, Wersing, Hammer, Recovering Localized Adversarial Attacks, preprint 2019 (study
-    004), equations (2) and (3).
+    004).
   Gu & Tresp, Saliency Methods for Explaining Adversarial Attacks, arXiv:1908.08413 (study
-    001), section 2.1.
+    001).
 """
 
 import jax
@@ -98,7 +98,7 @@ def jaccard(mask_a: ArrayLike, mask_b: ArrayLike) -> jax.Array:
 
 
 def hamming_likeness(mask_a: ArrayLike, mask_b: ArrayLike) -> jax.Array:
-  """Hamming likeness ``1 - Hamming(A, B) / N`` of paired boolean masks (study 004, eq. 3).
+  """Hamming likeness ``1 - Hamming(A, B) / N`` of paired boolean masks (Göpfert et al.).
 
   Args:
     mask_a: bool[B, ...].

@@ -105,7 +105,7 @@ def _upsample(maps: jax.Array, height: int, width: int) -> jax.Array:
 def grad_cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
              target: jax.typing.ArrayLike, *, key: PRNGKey | None = None,
              layer: str) -> jax.Array:
-  """Grad-CAM (000 eq. 2): ``ReLU(sum_k alpha_k A^k)``, ``alpha_k = mean_ij dS/dA^k_ij``.
+  """Grad-CAM: ``ReLU(sum_k alpha_k A^k)``, ``alpha_k = mean_ij dS/dA^k_ij``.
 
   Explains the pre-softmax logit ``S`` of ``target[b]``. ``A`` is the output of the flax
   module ``layer``; the map is computed at the layer's resolution, then upsampled

@@ -7,8 +7,9 @@ jaxpr and re-evaluates it with every ReLU (``max(x, 0)`` with a literal zero, wh
 ``custom_vjp`` and ``checkpoint`` sub-jaxprs are found by inlining those calls (their custom
 derivative rules are dropped, which is the point: a custom ReLU gradient must become the
 guided one). ReLUs inside control flow (``scan``, ``while``, ``cond``) raise
-``NotImplementedError`` rather than being silently missed. Any float ``max(x, 0)`` counts as a ReLU, including the lower bound of
-``jnp.clip(x, 0, ...)``; ``relu6``-style or leaky activations are left alone.
+``NotImplementedError`` rather than being silently missed. Any float ``max(x, 0)`` counts as a
+ReLU, including the lower bound of ``jnp.clip(x, 0, ...)``; ``relu6``-style or leaky
+activations are left alone.
 """
 
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from advsal_jax.types import ApplyFn, Params, PRNGKey
 def guided_relu(x: jax.Array) -> jax.Array:
   """ReLU whose backward pass is the guided rule ``R^l = 1[R^{l+1} > 0 and x > 0] R^{l+1}``.
 
-  Forward: ``max(x, 0)``. Backward (000 eq. 3): only positive gradients through positive
+  Forward: ``max(x, 0)``. Backward: only positive gradients through positive
   activations pass.
 
   Args:
@@ -106,7 +107,7 @@ def _guided_map(apply_fn, params, x, target):
 def guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
                     target: jax.typing.ArrayLike, *,
                     key: PRNGKey | None = None) -> jax.Array:
-  """Guided Backpropagation: the gradient with every ReLU backward replaced by 000 eq. 3.
+  """Guided Backpropagation: the gradient with every ReLU backward made guided (``guided_relu``).
 
   Explains the pre-softmax logit of ``target[b]``. Works on any ``apply_fn`` whose ReLUs
   are ``jax.nn.relu``/``flax.linen.relu``/``jnp.maximum(x, 0.)``, also inside ``jax.jit``,
@@ -137,7 +138,7 @@ def guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
 def enhanced_guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
                              target: jax.typing.ArrayLike, *, key: PRNGKey | None = None,
                              contrast_class: jax.typing.ArrayLike | None = None) -> jax.Array:
-  """Enhanced (contrastive) Guided Backprop of Gu & Tresp (001 section 2.2).
+  """Enhanced (contrastive) Guided Backprop of Gu & Tresp.
 
   Explains the pre-softmax logit of ``target[b]`` (class k) against a contrast class m:
   ``max(0, s_k / |s_k|_c - s_m / |s_m|_c)`` where ``s`` are Guided Backprop maps and

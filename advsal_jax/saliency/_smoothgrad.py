@@ -15,7 +15,7 @@ def smoothgrad(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
                num_samples: int = 50, noise_level: float = 0.15,
                base: Callable[..., jax.Array] = _gradients.gradient, squared: bool = False,
                batch_size: int | None = 16) -> jax.Array:
-  """SmoothGrad: ``mean_i base(x + g_i)`` with ``g_i ~ N(0, sigma^2)`` (000 eq. 1).
+  """SmoothGrad: ``mean_i base(x + g_i)`` with ``g_i ~ N(0, sigma^2)``.
 
   Explains the pre-softmax logit of ``target[b]`` (through ``base``). The noise std of each
   image is ``sigma_b = noise_level * (max(x_b) - min(x_b))``. Noisy copies are not clipped
