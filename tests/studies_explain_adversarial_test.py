@@ -1,0 +1,413 @@
+"""Tests of study 001 (advsal_jax.studies.explain_adversarial and its report)."""
+
+import csv
+import functools
+import json
+import os
+import pathlib
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+import scipy.stats
+
+from advsal_jax import checkpoints
+from advsal_jax import data
+from advsal_jax import metrics
+from advsal_jax import models
+from advsal_jax.studies import explain_adversarial as study
+from advsal_jax.studies import explain_adversarial_report as study_report
+from advsal_jax.studies import store
+from testing_utils import linear_apply
+from testing_utils import write_official_cifar
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_NUM_IMAGES = 6
+# The smoke preset of experiments/explain_adversarial.py on 6 images in batches of 4, with one
+# method of each family and both GBPs (every method compiles its own maps three times).
+_METHODS = ('gradient', 'grad_cam', 'guided_backprop', 'enhanced_guided_backprop')
+_SMOKE = dict(num_examples=_NUM_IMAGES, batch_size=4, bim_steps=2, cw_steps=4, cw_search_steps=2,
+              methods=_METHODS,
+              recovery_grid=(0.0, 25.0, 50.0),
+              method_kwargs={'smoothgrad': {'num_samples': 2, 'noise_level': 0.15},
+                             'integrated_gradients': {'num_steps': 4}})
+_SMOKE_FLAGS = ['--preset=smoke', f'--num_examples={_NUM_IMAGES}', '--batch_size=4',
+                f'--methods={",".join(_METHODS)}']
+GBP = study.GBP
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  """A random-weight alexnet_cifar checkpoint and tiny CIFAR-10 labelled by its predictions.
+
+  With every clean prediction correct, the recovery experiment has images to work on.
+  """
+  root = tmp_path_factory.mktemp('study001')
+  arrays = write_official_cifar(root / 'data', np.random.default_rng(0), per_batch=_NUM_IMAGES)
+  model, variables = models.init('alexnet_cifar', jax.random.key(0))
+  ckpt = checkpoints.save(root / 'ckpt', model_name='alexnet_cifar', variables=variables,
+                          metadata={'test_accuracy': 0.1, 'dataset': 'cifar10'})
+  images = arrays['test_batch'][0]
+  labels = np.asarray(jax.jit(model.apply)(variables, data.to_float(images)).argmax(-1)).tolist()
+  with open(root / 'data' / 'cifar10' / 'cifar-10-batches-py' / 'test_batch', 'wb') as f:
+    pickle.dump({b'batch_label': b'x', b'labels': labels,
+                 b'data': images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+                 b'filenames': [b'a.png'] * len(images)}, f, protocol=2)
+  return root, str(ckpt), str(root / 'data')
+
+
+def _cfg(ckpt, **kw):
+  return study.Config(**{'checkpoint': ckpt, **_SMOKE, **kw})
+
+
+@pytest.fixture(scope='module')
+def smoke_run(setup):
+  root, ckpt, data_dir = setup
+  out = root / 'run'
+  study.run(_cfg(ckpt), output_dir=out, data_dir=data_dir)
+  study_report.finalize(out, data_dir=data_dir)
+  return out
+
+
+def _summary_without_timings(path):
+  s = json.loads((pathlib.Path(path) / 'summary.json').read_text())
+  s.pop('compute_seconds')
+  return s
+
+
+# Statistics against independent computations.
+
+def _linear_params(rng, h, w, c, k):
+  weights = rng.normal(size=(h, w, c, k)).astype(np.float32)
+  weights[rng.random((h, w)) < 0.3] = 0.0  # pixels no class looks at: the filtering effect
+  return {'w': jnp.asarray(weights.reshape(-1, k)), 'b': jnp.zeros((1, k), jnp.float32)}
+
+
+def test_pair_statistics_match_a_hand_computation_on_a_linear_model():
+  rng = np.random.default_rng(0)
+  h, w, c, k = 4, 5, 3, 4
+  params = _linear_params(rng, h, w, c, k)
+  x = jnp.asarray(rng.random((2, h, w, c)), jnp.float32)
+  cfg = study.Config(pair_classes=3)
+  pairs = jax.jit(functools.partial(study.pairs_batch, linear_apply, cfg=cfg))
+  got = jax.tree.map(np.asarray, pairs(params, x))
+  weights = np.asarray(params['w']).reshape(h, w, c, k)
+  logits = np.asarray(x).reshape(2, -1) @ np.asarray(params['w'])
+  np.testing.assert_array_equal(got['top_classes'], np.argsort(-logits, 1)[:, :3])
+  for b in range(2):
+    for p, (i, j) in enumerate(study.class_pairs(3)):
+      ck, cm = got['top_classes'][b, i], got['top_classes'][b, j]
+      # GBP of a model without ReLUs is the gradient: W[..., class].
+      sk, sm = weights[..., ck], weights[..., cm]
+      gk, gm = np.abs(sk).sum(-1), np.abs(sm).sum(-1)
+      want_sr = np.mean((gk > 0) == (gm > 0))
+      want_ad = abs(gk.mean() - gm.mean()) / max(gk.mean(), gm.mean())
+      np.testing.assert_allclose(got['gbp_sim_ratio'][b, p], want_sr, rtol=1e-6)
+      np.testing.assert_allclose(got['gbp_avg_diff'][b, p], want_ad, rtol=1e-5)
+      np.testing.assert_allclose(got['gbp_spearman'][b, p],
+                                 scipy.stats.spearmanr(gk.ravel(), gm.ravel()).statistic,
+                                 atol=1e-5)
+      # EGBP: channel-wise energy normalisation, then max(0, s_k - s_m) (and m against k).
+      nk, nm = sk / np.abs(sk).sum((0, 1)), sm / np.abs(sm).sum((0, 1))
+      ek, em = np.maximum(nk - nm, 0).sum(-1), np.maximum(nm - nk, 0).sum(-1)
+      np.testing.assert_allclose(got['egbp_sim_ratio'][b, p], np.mean((ek > 0) == (em > 0)),
+                                 rtol=1e-6)
+      np.testing.assert_allclose(got['egbp_avg_diff'][b, p],
+                                 abs(ek.mean() - em.mean()) / max(ek.mean(), em.mean()),
+                                 rtol=1e-4, atol=1e-6)
+
+
+def test_heatmap_and_avg_diff_on_small_fixed_maps():
+  # Two 2x2 three-channel attributions; by hand: |.| summed over channels.
+  a = np.array([[[1, -1, 0], [0, 0, 0]], [[2, 0, 0], [0, 0, -3]]], np.float32)[None]
+  b = np.array([[[0, 0, 1], [0, 0, 0]], [[0, 0, 0], [1, 1, 1]]], np.float32)[None]
+  ha, hb = study.heatmap(jnp.asarray(a), 'gradient'), study.heatmap(jnp.asarray(b), GBP)
+  np.testing.assert_array_equal(ha[0], [[2, 0], [2, 3]])
+  np.testing.assert_array_equal(hb[0], [[1, 0], [0, 3]])
+  # Binarised: on/off agree on pixels (0,0), (0,1), (1,1): 3 of 4. Means 7/4 and 4/4.
+  np.testing.assert_allclose(metrics.sim_ratio(ha, hb), [0.75])
+  np.testing.assert_allclose(metrics.avg_diff(ha, hb), [(7 / 4 - 1) / (7 / 4)], rtol=1e-6)
+  cam = np.zeros((1, 2, 2, 1), np.float32) + 0.5
+  np.testing.assert_array_equal(study.heatmap(jnp.asarray(cam), 'grad_cam'), cam[..., 0])
+
+
+def test_explain_gives_closed_form_pixel_maps_on_a_linear_model():
+  rng = np.random.default_rng(4)
+  h, w, c, k = 3, 4, 2, 3
+  params = _linear_params(rng, h, w, c, k)
+  x = jnp.asarray(rng.random((2, h, w, c)), jnp.float32)
+  target = jnp.asarray([2, 0])
+  weights = np.asarray(params['w']).reshape(h, w, c, k)
+  grad = np.stack([weights[..., 2], weights[..., 0]])  # [2, h, w, c]
+  cfg = study.Config(method_kwargs={'smoothgrad': {'num_samples': 3},
+                                    'integrated_gradients': {'num_steps': 2}})
+  keys = study.example_keys(0, jnp.arange(2), 0)
+  for method, want in (('gradient', grad), ('smoothgrad', grad), (GBP, grad),
+                       ('integrated_gradients', np.asarray(x) * grad)):
+    got = study.explain(method, linear_apply, params, x, target, keys=keys, layer='', cfg=cfg)
+    np.testing.assert_allclose(got, np.abs(want).sum(-1), rtol=1e-5, atol=1e-6,
+                               err_msg=method)
+
+
+def _two_class_linear(rng, h, w, c):
+  """logit_1 - logit_0 = v . x + b0 with v random: a model whose margin is known exactly."""
+  v = rng.normal(size=(h * w * c,)).astype(np.float32)
+  wts = np.stack([np.zeros_like(v), v], 1)
+  return {'w': jnp.asarray(wts), 'b': jnp.asarray([[0.0, -0.3]], jnp.float32)}, v
+
+
+def test_recovery_curves_match_the_closed_form_on_a_linear_model():
+  rng = np.random.default_rng(1)
+  b, h, w, c = 5, 4, 4, 2
+  params, v = _two_class_linear(rng, h, w, c)
+  x_adv = jnp.asarray(rng.random((b, h, w, c)), jnp.float32)
+  scores = jnp.asarray(rng.random((3, b, h, w)), jnp.float32)  # distinct: no ties
+  fill_value = np.array([0.2, 0.7], np.float32)
+  fill = jnp.broadcast_to(jnp.asarray(fill_value), x_adv.shape)
+  counts = study.grid_pixels((0, 10, 25, 50, 75, 100), h * w)
+  np.testing.assert_array_equal(counts, [0, 2, 4, 8, 12, 16])
+  got = np.asarray(study.recovery_curves(linear_apply, params, x_adv, scores,
+                                         jnp.zeros((b, h, w)), fill, jnp.asarray(counts)))
+  assert got.shape == (b, 3, len(counts))
+  xa, sc, vv = np.asarray(x_adv), np.asarray(scores), v.reshape(h * w, c)
+  for i in range(b):
+    margin = xa[i].reshape(-1) @ v - 0.3
+    for r in range(3):
+      order = np.argsort(-sc[r, i].ravel(), kind='stable')
+      change = ((fill_value - xa[i].reshape(h * w, c)) * vv).sum(1)  # per pixel
+      for j, k in enumerate(counts):
+        want = int(margin + change[order[:k]].sum() > 0)
+        assert got[i, r, j] == want, (i, r, k)
+
+
+def test_equal_scores_are_ranked_by_the_tiebreak_not_by_position():
+  scores = jnp.zeros((1, 6))
+  tiebreak = jnp.asarray([[0.5, 0.1, 0.9, 0.3, 0.7, 0.2]])
+  # Ascending tiebreak: 0.1 (pixel 1) first, 0.9 (pixel 2) last.
+  np.testing.assert_array_equal(study.pixel_positions(scores, tiebreak), [[3, 0, 5, 2, 4, 1]])
+  np.testing.assert_array_equal(
+      study.pixel_positions(jnp.asarray([[1.0, 0, 0, 0, 0, 2]]), tiebreak), [[1, 2, 5, 3, 4, 0]])
+
+
+def test_blur_fill_matches_scipy():
+  x = np.random.default_rng(2).random((2, 9, 7, 3)).astype(np.float32)
+  want = scipy.ndimage.gaussian_filter(x, sigma=(0, study.BLUR_SIGMA, study.BLUR_SIGMA, 0),
+                                       mode='nearest', truncate=3.0)
+  np.testing.assert_allclose(study.gaussian_blur(jnp.asarray(x), study.BLUR_SIGMA), want,
+                             atol=1e-5)
+
+
+def _brightness_model(params, x):
+  """Class 1 iff the image's mean exceeds 0.5 (params unused but traced)."""
+  score = x.mean(axis=(1, 2, 3)) - 0.5 + 0 * params['b'][0, 0]
+  return jnp.stack([jnp.zeros_like(score), score], -1)
+
+
+def _slope_ci(correct, grid, seed=0):
+  """95 % bootstrap CI (over images) of the least-squares slope of accuracy vs p."""
+  rng = np.random.default_rng(seed)
+  slopes = [np.polyfit(grid, correct[rng.integers(0, len(correct), len(correct))].mean(0), 1)[0]
+            for _ in range(500)]
+  return np.percentile(slopes, [2.5, 97.5])
+
+
+def test_random_baseline_is_statistically_flat():
+  # Images i.i.d. uniform and a noise fill: replacing random pixels by fresh uniform noise
+  # leaves the image distribution unchanged, so a flat random curve is the right answer.
+  n, side = 400, 8
+  x_adv = jax.random.uniform(jax.random.key(3), (n, side, side, 1))
+  params = {'b': jnp.zeros((1, 2))}
+  cfg = study.Config(methods=('gradient',), recovery_fill='noise', seed=7)
+  grid = np.arange(0, 55, 5.0)
+  counts = jnp.asarray(study.grid_pixels(tuple(grid), side * side))
+  recovery = jax.jit(functools.partial(study.recovery_batch, _brightness_model, cfg=cfg,
+                                       layer=''))
+  got = recovery(params, x_adv, jnp.ones(n, jnp.int32), jnp.arange(n, dtype=jnp.int32),
+                 jnp.zeros(1), counts)
+  correct = np.asarray(got['recovery_pred']) == 1  # [n, 2 rankings, P]
+  base = correct[:, :, 0].mean()
+  # The gradient of this model is constant: its ranking falls back to the random tiebreak.
+  for r in range(2):
+    low, high = _slope_ci(correct[:, r].astype(float), grid)
+    assert low <= 0 <= high, (r, low, high)
+    np.testing.assert_allclose(correct[:, r].mean(0), base, atol=4 * 0.5 / np.sqrt(n))
+  # The test has power: ranking the brightest pixels first darkens the images.
+  fill = study.fill_images(x_adv, 'noise', mean=jnp.zeros(1),
+                           keys=study.example_keys(7, jnp.arange(n), 3))
+  curves = jax.jit(functools.partial(study.recovery_curves, _brightness_model))
+  bright = np.asarray(curves(params, x_adv, x_adv[None, ..., 0], jnp.zeros((n, side, side)),
+                             fill, counts))[:, 0] == 1
+  assert _slope_ci(bright.astype(float), grid)[1] < 0
+
+
+# End to end.
+
+def test_smoke_run_writes_every_output_with_finite_values(smoke_run):
+  for name in ('config.json', 'summary.json', 'per_example.npz', 'report.md',
+               'per_example_pairs.csv', 'per_example_attacks.csv', 'per_example_maps.csv',
+               'per_example_recovery.csv', 'figure1a_sim_ratio.png', 'figure1b_avg_diff.png',
+               'figure3_maps.png', 'figure4_recovery.png', 'figure5_maps.png',
+               'figure5_statistics.png'):
+    assert (smoke_run / name).stat().st_size > 0, name
+  res = dict(np.load(smoke_run / 'per_example.npz'))
+  assert res['attacks/adv_pred'].shape == (_NUM_IMAGES, 3)
+  assert res['pairs/gbp_sim_ratio'].shape == (_NUM_IMAGES, 3)
+  n_rec = len(res['recovery/index'])
+  assert n_rec >= 1 and res['recovery/recovery_pred'].shape == (n_rec, len(_METHODS) + 1, 3)
+  for key, values in res.items():
+    if values.dtype.kind == 'f':
+      # A constant map (e.g. an all-zero Grad-CAM of a random net) has no rank correlation.
+      ok = np.isfinite(values) | (key.endswith('spearman') & np.isnan(values))
+      assert ok.all(), key
+  assert np.isfinite(res['pairs/gbp_spearman']).all()
+  summary = json.loads((smoke_run / 'summary.json').read_text())
+  assert summary['num_examples'] == _NUM_IMAGES and summary['clean_accuracy'] == 1.0
+  assert len(summary['claims']) == 7
+  config = json.loads((smoke_run / 'config.json').read_text())
+  assert config['fgsm_eps'] == pytest.approx(8 / 255) and config['cw_initial_const'] == 0.1
+  text = (smoke_run / 'report.md').read_text()
+  for verdict in ('holds', 'does not hold', 'partly holds', 'cannot be tested'):
+    text = text.replace(f'**{verdict}**', '<verdict>')
+  assert text.count('<verdict>') == 7  # every claim of the paper gets a verdict
+  assert 'fill `mean`' in text and 'top 3 predicted classes' in text
+
+
+def _csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_report_numbers_are_recomputed_from_the_per_example_files(smoke_run):
+  summary = json.loads((smoke_run / 'summary.json').read_text())
+  text = (smoke_run / 'report.md').read_text()
+  pairs = _csv(smoke_run / 'per_example_pairs.csv')
+  assert len(pairs) == 3 * _NUM_IMAGES
+  for name in ('gbp', 'egbp'):
+    for stat in ('sim_ratio', 'avg_diff', 'spearman'):
+      values = np.array([float(r[f'{name}_{stat}']) for r in pairs])
+      st = summary['class_discriminative'][name][stat]
+      np.testing.assert_allclose(st['mean'], values.mean(), rtol=1e-6)
+      np.testing.assert_allclose(st['q95'], np.percentile(values, 95), rtol=1e-6)
+      assert f"| {name.upper()} | {stat} | {st['mean']:.3f} |" in text
+  maps = _csv(smoke_run / 'per_example_maps.csv')
+  for attack in study.ATTACKS:
+    for method in _METHODS:
+      rows = [r for r in maps if r['attack'] == attack and r['method'] == method]
+      assert len(rows) == _NUM_IMAGES
+      ok = [float(r['spearman']) for r in rows if r['success'] == 'True']
+      got = summary['clean_vs_adversarial'][attack][method]['spearman']['success']
+      if np.isfinite(ok).sum():
+        np.testing.assert_allclose(got['mean'], np.nanmean(ok), rtol=1e-6)
+        assert f"{got['mean']:.3f} [{got['ci_low']:.3f}, {got['ci_high']:.3f}]" in text
+  recovery = _csv(smoke_run / 'per_example_recovery.csv')
+  for ranking, curve in summary['recovery']['curves'].items():
+    for p, mean in zip(summary['recovery']['grid'], curve['mean']):
+      values = [r['correct'] == 'True' for r in recovery
+                if r['ranking'] == ranking and float(r['percent']) == p]
+      assert len(values) == summary['recovery']['num_images']
+      np.testing.assert_allclose(mean, np.mean(values), rtol=1e-9)
+  attacks = _csv(smoke_run / 'per_example_attacks.csv')
+  for attack in study.ATTACKS:
+    rate = np.mean([r['success'] == 'True' for r in attacks if r['attack'] == attack])
+    assert summary['attacks'][attack]['success_rate'] == pytest.approx(rate)
+
+
+def test_resume_after_interruption_gives_the_same_summary(setup, smoke_run, tmp_path):
+  _, ckpt, data_dir = setup
+  killed = tmp_path / 'killed'
+  shutil.copytree(smoke_run, killed)
+  # Killed in the middle: the second batch of two stages never landed, nor did the report.
+  for stage in ('pairs', 'attacks'):
+    store.shard_path(killed, stage, 4).unlink()
+  (killed / 'summary.json').unlink()
+  with pytest.raises(ValueError, match='resume'):
+    study.run(_cfg(ckpt), output_dir=killed, data_dir=data_dir)
+  with pytest.raises(ValueError, match=r'differs.*recovery_fill'):
+    study.run(_cfg(ckpt, recovery_fill='blur'), output_dir=killed, data_dir=data_dir,
+              resume=True)
+  study.run(_cfg(ckpt), output_dir=killed, data_dir=data_dir, resume=True)
+  config = json.loads((killed / 'config.json').read_text())
+  resumed = study_report.summarize(study.load_results(killed), config)
+  resumed.pop('compute_seconds')
+  assert json.loads(json.dumps(resumed)) == _summary_without_timings(smoke_run)
+
+
+@pytest.mark.parametrize('kw,match', [
+    ({'experiments': ('recovery', 'nonsense')}, 'experiments'),
+    ({'methods': ('gradient', 'lime')}, 'methods'),
+    ({'methods': ('gradient',)}, 'failed_vs_successful needs'),
+    ({'pair_classes': 1}, 'pair_classes'),
+    ({'pair_classes': 11}, 'pair_classes'),
+    ({'fgsm_eps': -0.1}, 'fgsm_eps'),
+    ({'cw_learning_rate': 0.0}, 'cw_learning_rate'),
+    ({'recovery_grid': (0.0, 50.0, 25.0)}, 'recovery_grid'),
+    ({'recovery_fill': 'clean'}, 'recovery_fill'),
+    ({'num_examples': _NUM_IMAGES + 1}, 'num_examples'),
+    ({'method_kwargs': {'smoothgradd': {}}}, 'method_kwargs'),
+])
+def test_bad_settings_fail_before_any_work(setup, tmp_path, kw, match):
+  _, ckpt, data_dir = setup
+  with pytest.raises(ValueError, match=match):
+    study.run(_cfg(ckpt, **kw), output_dir=tmp_path / 'x', data_dir=data_dir)
+  assert not (tmp_path / 'x').exists()
+
+
+@pytest.mark.slow
+def test_the_binary_rejects_a_bad_flag_at_start(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, 'experiments/explain_adversarial.py', '--experiments=recovery,bogus',
+       f'--output_dir={tmp_path / "x"}', '--checkpoint=/nonexistent'],
+      cwd=_ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True,
+      timeout=120)
+  assert proc.returncode != 0
+  assert 'experiments' in proc.stderr and 'bogus' in proc.stderr
+  assert not (tmp_path / 'x').exists()
+
+
+def test_budgets_default_per_dataset():
+  cfg = study.with_dataset_budgets(study.Config(fgsm_eps=0.05), 'mnist')
+  assert cfg.fgsm_eps == 0.05 and cfg.bim_eps == study.BUDGETS['mnist']['bim_eps']
+  assert study.with_dataset_budgets(study.Config(), 'cifar10').fgsm_eps == pytest.approx(8 / 255)
+  with pytest.raises(ValueError, match='dataset'):
+    study.with_dataset_budgets(study.Config(), 'svhn')
+
+
+@pytest.mark.slow
+def test_a_killed_binary_resumes_to_the_same_summary(setup, smoke_run, tmp_path):
+  _, ckpt, data_dir = setup
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  cmd = [sys.executable, 'experiments/explain_adversarial.py', *_SMOKE_FLAGS,
+         f'--checkpoint={ckpt}', f'--data_dir={data_dir}', f'--output_dir={tmp_path}']
+  proc = subprocess.Popen(cmd, cwd=_ROOT, env=env)
+  deadline = time.time() + 300
+  while not store.shard_files(tmp_path, 'maps') and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert store.shard_files(tmp_path, 'attacks') and not (tmp_path / 'report.md').exists()
+  subprocess.run([*cmd, '--resume'], cwd=_ROOT, env=env, check=True, timeout=600)
+  assert (json.loads((tmp_path / 'config.json').read_text())
+          == json.loads((smoke_run / 'config.json').read_text()))
+  assert _summary_without_timings(tmp_path) == _summary_without_timings(smoke_run)
+  assert not list(tmp_path.rglob('*.tmp'))
+
+
+@pytest.mark.slow
+def test_cnn_mnist_smoke_run_on_real_data(data_dir, tmp_path):
+  out = tmp_path / 'mnist'
+  cfg = study.Config(**{**_SMOKE, 'checkpoint': 'cnn_mnist', 'num_examples': 4})
+  study.run(cfg, output_dir=out, data_dir=data_dir)
+  study_report.finalize(out, data_dir=data_dir)
+  config = json.loads((out / 'config.json').read_text())
+  assert config['dataset'] == 'mnist' and config['fgsm_eps'] == study.BUDGETS['mnist']['fgsm_eps']
+  res = dict(np.load(out / 'per_example.npz'))
+  assert res['pairs/gbp_avg_diff'].shape == (4, 3)
+  assert (out / 'figure3_maps.png').exists() and (out / 'report.md').exists()
