@@ -41,6 +41,8 @@ class Study:
 STUDIES = {s.number: s for s in (
     Study('000', 'compare_saliency', 'Liu, Liu & Hosseini: Analyzing the Effect of '
           'Adversarial Inputs on Saliency Maps'),
+    Study('001', 'explain_adversarial',
+          'Gu & Tresp: Saliency Methods for Explaining Adversarial Attacks'),
 )}
 """Every study that has a binary, by number."""
 
