@@ -23,6 +23,7 @@ from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax import models
+from advsal_jax import saliency
 from advsal_jax.studies import explain_adversarial as study
 from advsal_jax.studies import explain_adversarial_report as study_report
 from advsal_jax.studies import store
@@ -129,14 +130,16 @@ def test_heatmap_and_avg_diff_on_small_fixed_maps():
   # Two 2x2 three-channel attributions; by hand: |.| summed over channels.
   a = np.array([[[1, -1, 0], [0, 0, 0]], [[2, 0, 0], [0, 0, -3]]], np.float32)[None]
   b = np.array([[[0, 0, 1], [0, 0, 0]], [[0, 0, 0], [1, 1, 1]]], np.float32)[None]
-  ha, hb = study.heatmap(jnp.asarray(a), 'gradient'), study.heatmap(jnp.asarray(b), GBP)
+  ha = saliency.heatmap(jnp.asarray(a), 'gradient', normalize=False)
+  hb = saliency.heatmap(jnp.asarray(b), GBP, normalize=False)
   np.testing.assert_array_equal(ha[0], [[2, 0], [2, 3]])
   np.testing.assert_array_equal(hb[0], [[1, 0], [0, 3]])
   # Binarised: on/off agree on pixels (0,0), (0,1), (1,1): 3 of 4. Means 7/4 and 4/4.
   np.testing.assert_allclose(metrics.sim_ratio(ha, hb), [0.75])
   np.testing.assert_allclose(metrics.avg_diff(ha, hb), [(7 / 4 - 1) / (7 / 4)], rtol=1e-6)
   cam = np.zeros((1, 2, 2, 1), np.float32) + 0.5
-  np.testing.assert_array_equal(study.heatmap(jnp.asarray(cam), 'grad_cam'), cam[..., 0])
+  np.testing.assert_array_equal(saliency.heatmap(jnp.asarray(cam), 'grad_cam', normalize=False),
+                                cam[..., 0])
 
 
 def test_explain_gives_closed_form_pixel_maps_on_a_linear_model():
@@ -352,6 +355,7 @@ def test_resume_after_interruption_gives_the_same_summary(setup, smoke_run, tmp_
     ({'recovery_fill': 'clean'}, 'recovery_fill'),
     ({'num_examples': _NUM_IMAGES + 1}, 'num_examples'),
     ({'method_kwargs': {'smoothgradd': {}}}, 'method_kwargs'),
+    ({'method_kwargs': {'smoothgrad': {'samples': 3}}}, 'method_kwargs'),
 ])
 def test_bad_settings_fail_before_any_work(setup, tmp_path, kw, match):
   _, ckpt, data_dir = setup

@@ -15,8 +15,8 @@ Four experiments over the first N test images (``EXPERIMENTS``), run as resumabl
   each method's map (and of a random ranking) are replaced by a fill; accuracy vs p, every p
   and every method in one vmapped model evaluation.
 
-The study's pixel maps are channel-reduced attributions: ``sum_c |a_c|`` for the gradient
-family, the single channel for Grad-CAM (``heatmap``).
+Pixel maps are ``saliency.heatmap``'s: ``sum_c |a_c|``, unnormalised for Sim-Ratio, Avg-Diff
+and the rankings, normalised by the method's family for the map comparisons.
 
 Reference: Gu & Tresp, Saliency Methods for Explaining Adversarial Attacks, arXiv:1908.08413.
 """
@@ -24,7 +24,7 @@ Reference: Gu & Tresp, Saliency Methods for Explaining Adversarial Attacks, arXi
 import dataclasses
 import math
 import pathlib
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -53,16 +53,8 @@ BLUR_SIGMA = 2.0
 """Standard deviation (pixels) of the Gaussian blur of the ``blur`` fill."""
 MAP_METRICS = ('spearman', 'mean_ssim', 'l2_distance')
 
-# method -> (function, family). Swap for saliency.REGISTRY / saliency.explain once it lands.
-_METHODS: dict[str, tuple[Callable[..., jax.Array], str]] = {
-    'gradient': (saliency.gradient, 'gradient'),
-    GBP: (saliency.guided_backprop, 'gradient'),
-    'smoothgrad': (saliency.smoothgrad, 'gradient'),
-    'grad_cam': (saliency.grad_cam, 'cam'),
-    'integrated_gradients': (saliency.integrated_gradients, 'gradient'),
-    EGBP: (saliency.enhanced_guided_backprop, 'gradient'),
-}
-METHODS = tuple(_METHODS)
+METHODS = ('gradient', GBP, 'smoothgrad', 'grad_cam', 'integrated_gradients', EGBP)
+"""The methods of clean_vs_adversarial and recovery (names of ``saliency.REGISTRY``)."""
 DEFAULT_METHOD_KWARGS = {'smoothgrad': {'num_samples': 10, 'noise_level': 0.15},
                          'integrated_gradients': {'num_steps': 16}}
 
@@ -166,6 +158,11 @@ def validate(cfg: Config, *, split_size: int | None = None, num_classes: int | N
   bad = [m for m in cfg.method_kwargs if m not in METHODS]
   if bad:
     raise ValueError(f'method_kwargs: unknown methods {bad}; choose from {METHODS}.')
+  for m, kw in cfg.method_kwargs.items():
+    bad = sorted(set(kw) - set(saliency.REGISTRY[m].defaults))
+    if bad:
+      raise ValueError(f'method_kwargs: {m} takes no {bad}; it takes '
+                       f'{sorted(saliency.REGISTRY[m].defaults)}.')
   if cfg.pair_classes < 2 or (num_classes is not None and cfg.pair_classes > num_classes):
     raise ValueError(f'pair_classes must be in [2, {num_classes or "K"}], got '
                      f'{cfg.pair_classes}.')
@@ -212,25 +209,26 @@ def example_keys(seed: int, index: jax.Array, stream: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
 
 
-def heatmap(attr: jax.Array, method: str) -> jax.Array:
-  """Unnormalised pixel map f32[B,H,W] of an attribution f32[B,H,W,C] of ``method``."""
-  return attr[..., 0] if _METHODS[method][1] == 'cam' else jnp.abs(attr).sum(axis=-1)
-
-
 def explain(method: str, apply_fn: ApplyFn, params: Params, x: jax.Array, target: jax.Array,
-            *, keys: jax.Array, layer: str, cfg: Config, **kwargs) -> jax.Array:
-  """Unnormalised pixel map f32[B,H,W] of ``method`` for classes ``target`` (i32[B]).
+            *, keys: jax.Array, layer: str, cfg: Config, normalize: bool = False,
+            **kwargs) -> jax.Array:
+  """Pixel map f32[B,H,W] of ``method`` (``saliency.explain``) for classes ``target`` (i32[B]).
 
-  ``keys`` (one per example) reach the stochastic methods, ``layer`` the CAM family; the
-  run's ``method_kwargs`` and ``kwargs`` (e.g. EGBP's ``contrast_class``) the method.
+  Args:
+    method: a name of ``METHODS``.
+    apply_fn, params: the model.
+    x: f32[B,H,W,C] in [0, 1].
+    target: i32[B] explained classes.
+    keys: one key per example (stochastic methods).
+    layer: the CAM family's layer.
+    cfg: the run's settings (its ``method_kwargs``).
+    normalize: normalise by the method's family (``saliency.heatmap``); else the raw
+      non-negative map ``sum_c |a_c|``.
+    **kwargs: per-example arguments, e.g. EGBP's ``contrast_class``.
   """
-  fn, family = _METHODS[method]
-  kw = {**cfg.method_kwargs.get(method, {}), **kwargs}
-  if method in saliency.STOCHASTIC_METHODS:
-    kw['key'] = keys
-  if family == 'cam':
-    kw['layer'] = layer
-  return heatmap(fn(apply_fn, params, x, target, **kw), method)
+  attr = saliency.explain(method, apply_fn, params, x, target, key=keys, layer=layer,
+                          **{**cfg.method_kwargs.get(method, {}), **kwargs})
+  return saliency.heatmap(attr, method, normalize=normalize)
 
 
 def class_pairs(k: int) -> list[tuple[int, int]]:
@@ -260,7 +258,8 @@ def pairs_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, *,
   pairs = class_pairs(cfg.pair_classes)
   top = jnp.argsort(-apply_fn(params, x), axis=-1)[:, :cfg.pair_classes]
   tiled = jnp.tile(x, (cfg.pair_classes, 1, 1, 1))
-  gbp = heatmap(saliency.guided_backprop(apply_fn, params, tiled, top.T.reshape(-1)), GBP)
+  gbp = saliency.heatmap(saliency.guided_backprop(apply_fn, params, tiled, top.T.reshape(-1)),
+                         GBP, normalize=False)
   gbp = gbp.reshape(cfg.pair_classes, b, *x.shape[1:3])
   first = jnp.asarray([i for i, _ in pairs])
   second = jnp.asarray([j for _, j in pairs])
@@ -268,9 +267,9 @@ def pairs_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, *,
   # EGBP of k against m, then of m against k, every pair in one call.
   k_cls = jnp.concatenate([top[:, first].T, top[:, second].T]).reshape(-1)
   m_cls = jnp.concatenate([top[:, second].T, top[:, first].T]).reshape(-1)
-  egbp = heatmap(saliency.enhanced_guided_backprop(
+  egbp = saliency.heatmap(saliency.enhanced_guided_backprop(
       apply_fn, params, jnp.tile(x, (2 * len(pairs), 1, 1, 1)), k_cls, contrast_class=m_cls),
-                 EGBP)
+                          EGBP, normalize=False)
   e1, e2 = jnp.split(egbp, 2)
   out = {'top_classes': top}
   for name, (u, v) in (('gbp', (a, c)), ('egbp', (e1, e2))):
@@ -324,7 +323,8 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
 
   Each method explains the clean image for ``clean_pred`` and each adversarial image for its
   ``adv_pred`` (EGBP against the runner-up class) in one call over all 1 + A images. Maps
-  are min-max normalised before Spearman, mean SSIM (data range 1) and L2 distance.
+  are normalised by family (``saliency.heatmap``, in [0, 1]) before Spearman, mean SSIM (data
+  range 1) and L2 distance.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
@@ -352,8 +352,8 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
   delta_top = metrics.top_k_mask(delta, k)
   out = {}
   for method in cfg.methods:
-    maps = saliency.normalize(explain(method, apply_fn, params, images, targets, keys=keys,
-                                      layer=layer, cfg=cfg))
+    maps = explain(method, apply_fn, params, images, targets, keys=keys, layer=layer, cfg=cfg,
+                   normalize=True)
     clean = jnp.tile(maps[:b], (a, 1, 1))
     adv = maps[b:]
     values = {'spearman': metrics.spearman(clean, adv),
@@ -368,7 +368,7 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
 def example_maps(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array,
                  clean_pred: jax.Array, adv_pred: jax.Array, index: jax.Array, *, cfg: Config,
                  layer: str) -> dict[str, jax.Array]:
-  """Min-max normalised maps of clean and adversarial images, as ``maps_batch`` computes them.
+  """Normalised maps of clean and adversarial images, as ``maps_batch`` computes them.
 
   Args:
     x: f32[B,H,W,C]; x_adv: f32[B,A,H,W,C]; clean_pred: i32[B]; adv_pred: i32[B,A];
@@ -381,8 +381,8 @@ def example_maps(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Arr
   images = jnp.concatenate([x[:, None], x_adv], axis=1).reshape(-1, *x.shape[1:])
   targets = jnp.concatenate([clean_pred[:, None], adv_pred], axis=1).reshape(-1)
   keys = jnp.repeat(example_keys(cfg.seed, index, _SMOOTHGRAD_STREAM), 1 + a)
-  return {m: saliency.normalize(explain(m, apply_fn, params, images, targets, keys=keys,
-                                        layer=layer, cfg=cfg)).reshape(b, 1 + a, *x.shape[1:3])
+  return {m: explain(m, apply_fn, params, images, targets, keys=keys, layer=layer, cfg=cfg,
+                     normalize=True).reshape(b, 1 + a, *x.shape[1:3])
           for m in cfg.methods}
 
 

@@ -377,9 +377,10 @@ def report_markdown(s: Mapping[str, Any], config: Mapping[str, Any], *,
       'Maps are pixel maps: sum over channels of |attribution| (Grad-CAM: its one channel). '
       'Sim-Ratio compares binarised maps, a pixel being on where the map is non-zero (the '
       "paper's filtering effect; it does not state its threshold); Avg-Diff compares the "
-      'unnormalised maps, Spearman, mean SSIM (data range 1) and L2 distance the min-max '
-      'normalised ones. Enhanced GBP (EGBP) explains class k against the runner-up class '
-      'unless a pair names both.')
+      'unnormalised maps; Spearman, mean SSIM (data range 1) and L2 distance compare maps '
+      'normalised by family (gradient family: clipped to their 1st-99th percentiles, then '
+      'min-max; Grad-CAM: min-max). Enhanced GBP (EGBP) explains class k against the '
+      'runner-up class unless a pair names both.')
   doc.heading("The paper's claims on our model")
   doc.lines(report.claims([report.Claim(**c) for c in s['claims']]))
   cd = s.get('class_discriminative')
