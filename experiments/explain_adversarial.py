@@ -49,7 +49,7 @@ PRESETS = {
     'smoke': {'num_examples': 4, 'batch_size': 2, 'bim_steps': 2, 'cw_steps': 4,
               'cw_search_steps': 2, 'recovery_grid': ['0', '25', '50'],
               'method_kwargs': ['smoothgrad.num_samples=2', 'integrated_gradients.num_steps=4']},
-    'default': {'num_examples': 256},
+    'default': {'num_examples': 512},
     'full': {'num_examples': 10_000},
 }
 _OWN = ('experiments', 'methods', 'pair_classes', 'fgsm_eps', 'bim_eps', 'bim_step_size',
