@@ -24,6 +24,7 @@ from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax import models
 from advsal_jax import saliency
+from advsal_jax.studies import catalog
 from advsal_jax.studies import explain_adversarial as study
 from advsal_jax.studies import explain_adversarial_report as study_report
 from advsal_jax.studies import store
@@ -281,6 +282,11 @@ def test_smoke_run_writes_every_output_with_finite_values(smoke_run):
     text = text.replace(f'**{verdict}**', '<verdict>')
   assert text.count('<verdict>') == 7  # every claim of the paper gets a verdict
   assert 'fill `mean`' in text and 'top 3 predicted classes' in text
+  rows = catalog.get('001').headline(summary, config)
+  assert [q for q, _, _ in rows] == ['GBP Sim-Ratio (mean)', 'GBP Avg-Diff 5-95 %',
+                                     'EGBP Spearman clean vs C&W map',
+                                     'EGBP recovery minus next best']
+  assert rows[0][2] == summary['class_discriminative']['gbp']['sim_ratio']['mean']
 
 
 def _csv(path):

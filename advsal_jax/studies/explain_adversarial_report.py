@@ -412,8 +412,8 @@ def report_markdown(s: Mapping[str, Any], config: Mapping[str, Any], *,
       for m in config['methods']:
         cell = cva[att][m]
         rows.append((study.ATTACK_LABELS[att], m, *[
-            f"{report.with_ci(cell[k]['success'])} ({report.fmt((cell[k]['all'] or {}).get('mean'))})"
-            for k in study.MAP_METRICS]))
+            f"{report.with_ci(cell[k]['success'])} "
+            f"({report.fmt((cell[k]['all'] or {}).get('mean'))})" for k in study.MAP_METRICS]))
     doc.lines(report.table(('attack', 'method', *study.MAP_METRICS), rows))
   rec = s.get('recovery')
   if 'recovery' in config['experiments']:
