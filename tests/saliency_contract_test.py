@@ -41,7 +41,9 @@ CASES = {
 # Exported names that are not attribution methods (registry, helpers, diagnostics, types).
 NOT_METHODS = {'FAMILIES', 'LAYER_METHODS', 'METHODS', 'REGISTRY', 'STOCHASTIC_METHODS',
                'LimeResult', 'MethodSpec', 'explain', 'guided_relu', 'heatmap', 'lime_explain',
-               'normalize', 'segment_images', 'to_heatmap', 'with_guided_relu'}
+               'normalize', 'segment_images', 'to_heatmap', 'with_guided_relu',
+               # Label-free (no model): gbvs(x) and the AdVis saliency differences.
+               'gbvs', 'log_ratio_difference', 'saliency_difference'}
 
 
 @pytest.fixture(scope='module')

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from advsal_jax.saliency import gbvs as gbvs_lib
+from advsal_jax.saliency import _gbvs as gbvs_lib
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 

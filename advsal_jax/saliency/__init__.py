@@ -13,6 +13,9 @@ names exported here. The diagnostics of Gu & Tresp that compare two maps (``sim_
 from advsal_jax.saliency._cam import cam
 from advsal_jax.saliency._cam import grad_cam
 from advsal_jax.saliency._cam import guided_grad_cam
+from advsal_jax.saliency._gbvs import gbvs
+from advsal_jax.saliency._gbvs import log_ratio_difference
+from advsal_jax.saliency._gbvs import saliency_difference
 from advsal_jax.saliency._gradients import gradient
 from advsal_jax.saliency._gradients import gradient_x_input
 from advsal_jax.saliency._guided import enhanced_guided_backprop
@@ -42,11 +45,10 @@ __all__ = [
     'METHODS',
     'REGISTRY',
     'STOCHASTIC_METHODS',
-    'LimeResult',
-    'MethodSpec',
     'cam',
     'enhanced_guided_backprop',
     'explain',
+    'gbvs',
     'grad_cam',
     'gradient',
     'gradient_x_input',
@@ -57,7 +59,11 @@ __all__ = [
     'integrated_gradients',
     'lime',
     'lime_explain',
+    'LimeResult',
+    'log_ratio_difference',
+    'MethodSpec',
     'normalize',
+    'saliency_difference',
     'segment_images',
     'smoothgrad',
     'to_heatmap',

@@ -67,7 +67,7 @@ def _stationary(apply_p: Callable[[jax.Array], jax.Array], init: jax.Array, tol:
 
 def _activation(feature_map: jax.Array, sigma: float, dissimilarity: str, tol: float,
                 max_iter: int) -> jax.Array:
-  """Equilibrium f32[h,w] of the chain ``w1(a, b) = d(M_a, M_b) F(a - b)`` (002 eq. 2).
+  """Equilibrium f32[h,w] of the chain ``w1(a, b) = d(M_a, M_b) F(a - b)``.
 
   ``feature_map`` f32[h,w] is non-negative with max 1 (or all zero); ``sigma`` in grid cells.
   The weights are symmetric, so the column-normalised chain is reversible and its equilibrium
@@ -186,7 +186,7 @@ def gbvs(x: jax.typing.ArrayLike, *, grid_size: int = 32, sigma_frac_act: float 
          normalization: str = 'graph', tol: float = 1e-4, max_iter: int = 1000,
          orientations: Sequence[float] = (0, 45, 90, 135),
          batch_size: int | None = 8) -> jax.Array:
-  """Graph-based visual saliency of each image (Harel, Koch & Perona; 002 eq. 2).
+  """Graph-based visual saliency of each image (Harel, Koch & Perona).
 
   1. Resize to a grid of ``min(grid_size, long side)`` cells on the long side (antialiased
      bilinear). CIFAR-10 (32x32) and MNIST (28x28) keep their own pixel grid; the reference
@@ -204,7 +204,7 @@ def gbvs(x: jax.typing.ArrayLike, *, grid_size: int = 32, sigma_frac_act: float 
   5. Each feature type (intensity, colour, orientation) averages its maps; types are summed,
      upsampled bilinearly to H x W (no final blur) and scaled to sum 1.
 
-  Defaults follow the paper: ``dissimilarity='log_ratio'`` (``|log(M_a / M_b)|``, 002 eq. 2)
+  Defaults follow the paper: ``dissimilarity='log_ratio'`` (``|log(M_a / M_b)|``, the form AdVis.js writes)
   and ``normalization='graph'``. The reference MATLAB package (makeGBVSParams.m) defaults to
   ``'difference'`` (``|M_a - M_b|``) with ``'graph'``, and offers ``'power'``.
 
@@ -279,7 +279,7 @@ def _check_pair(adv_map: jax.typing.ArrayLike, clean_map: jax.typing.ArrayLike):
 
 def saliency_difference(adv_map: jax.typing.ArrayLike,
                         clean_map: jax.typing.ArrayLike) -> jax.Array:
-  """Saliency difference ``adv_map - clean_map`` (002 Sec. 2).
+  """Saliency difference ``adv_map - clean_map``.
 
   Args:
     adv_map: saliency of the adversarial images, e.g. f32[B,H,W,1] from ``gbvs``.
@@ -297,7 +297,7 @@ def saliency_difference(adv_map: jax.typing.ArrayLike,
 
 def log_ratio_difference(adv_map: jax.typing.ArrayLike, clean_map: jax.typing.ArrayLike, *,
                          eps: float = 1e-6) -> jax.Array:
-  """Log-ratio saliency difference ``log((adv_map + eps) / (clean_map + eps))`` (002 Sec. 2).
+  """Log-ratio saliency difference ``log((adv_map + eps) / (clean_map + eps))``.
 
   Args:
     adv_map: non-negative saliency of the adversarial images, any shape.
