@@ -20,7 +20,7 @@ from advsal_jax import saliency
 from advsal_jax.benchmarks import config
 from advsal_jax.benchmarks import runner
 from advsal_jax.benchmarks import workloads
-from advsal_jax.studies import comparison
+from advsal_jax.studies import compare_saliency
 
 _SHAPE = (8, 8, 3)
 # Every workload at its smallest: seconds on 2 CPU cores, not a measurement.
@@ -97,11 +97,11 @@ def test_settings_record_the_values_used(full_run):
 
 def test_metrics_record_compares_with_the_reference(full_run):
   (r,) = [r for r in full_run[0] if r['workload'] == config.METRICS_WORKLOAD]
-  assert set(workloads.REFERENCE_METRICS) == set(comparison.METRICS)
+  assert set(workloads.REFERENCE_METRICS) == set(compare_saliency.METRICS)
   assert r['reference_pairs_timed'] == 3
   assert r['reference_repeats'] == _TINY['repeats']
   assert r['reference_pairs_per_s'] > 0
-  assert set(r['reference_pairs_per_s_by_metric']) == set(comparison.METRICS)
+  assert set(r['reference_pairs_per_s_by_metric']) == set(compare_saliency.METRICS)
   assert r['speedup_vs_reference'] == pytest.approx(r['items_per_s'] / r['reference_pairs_per_s'])
   for name, diff in r['max_abs_diff_vs_reference'].items():
     assert diff < 1e-4, name

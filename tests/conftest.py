@@ -14,9 +14,6 @@ from advsal_jax import checkpoints
 from advsal_jax import data
 
 import testing_utils
-# Until tests/studies_comparison_test.py, recompilation_test.py and parallel_test.py import
-# these from testing_utils.
-from testing_utils import random_study_checkpoint, write_official_cifar  # noqa: F401
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 

@@ -22,12 +22,12 @@ import skimage.metrics
 from advsal_jax import attacks
 from advsal_jax import saliency
 from advsal_jax.benchmarks import config
-from advsal_jax.studies import comparison
+from advsal_jax.studies import compare_saliency
 from advsal_jax.types import ApplyFn, Params
 
 MAP_SHAPE = (32, 32)
 # The parameters of the metrics parity tests (tests/metrics_ssim_test.py 'wang2004',
-# tests/metrics_hog_test.py _STUDY), i.e. what comparison.METRICS computes.
+# tests/metrics_hog_test.py _STUDY), i.e. what compare_saliency.METRICS computes.
 _SSIM_KWARGS = dict(data_range=1.0, gaussian_weights=True, sigma=1.5,
                     use_sample_covariance=False)
 _HOG_KWARGS = dict(orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2),
@@ -183,7 +183,7 @@ REFERENCE_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     'mean_ssim': _ssim,
     'hog_pearson': _hog_pearson,
 }
-"""Per-pair scipy/skimage equivalents of ``comparison.METRICS`` on f64[H,W] maps."""
+"""Per-pair scipy/skimage equivalents of ``compare_saliency.METRICS`` on f64[H,W] maps."""
 
 
 def reference_metrics(a: np.ndarray, b: np.ndarray, *, repeats: int = 1
@@ -209,11 +209,11 @@ def reference_metrics(a: np.ndarray, b: np.ndarray, *, repeats: int = 1
 
 
 def _metrics_job(cfg: config.BenchmarkConfig, key: jax.Array) -> Job:
-  """``comparison.METRICS`` on random map pairs, and the reference timed on a subset."""
+  """``compare_saliency.METRICS`` on random map pairs, and the reference timed on a subset."""
   a, b = jax.random.uniform(key, (2, cfg.metric_pairs, *MAP_SHAPE))
 
   def fn(x, y):
-    return {name: metric(x, y) for name, metric in comparison.METRICS.items()}
+    return {name: metric(x, y) for name, metric in compare_saliency.METRICS.items()}
 
   n = min(cfg.reference_pairs, cfg.metric_pairs)
   ref, seconds = reference_metrics(np.asarray(a[:n], np.float64), np.asarray(b[:n], np.float64),
@@ -232,7 +232,7 @@ def _metrics_job(cfg: config.BenchmarkConfig, key: jax.Array) -> Job:
         k: float(np.max(np.abs(np.asarray(ours[k][:n]) - ref[k]))) for k in ref}}
 
   settings = {'pairs': cfg.metric_pairs, 'map_shape': list(MAP_SHAPE),
-              'metrics': list(comparison.METRICS)}
+              'metrics': list(compare_saliency.METRICS)}
   return Job(fn, (a, b), cfg.metric_pairs, settings, extra, check)
 
 
