@@ -210,8 +210,7 @@ def example_keys(seed: int, index: jax.Array, stream: int) -> jax.Array:
 
 
 def explain(method: str, apply_fn: ApplyFn, params: Params, x: jax.Array, target: jax.Array,
-            *, keys: jax.Array, layer: str, cfg: Config, normalize: bool = False,
-            **kwargs) -> jax.Array:
+            *, keys: jax.Array, layer: str, cfg: Config, normalize: bool = False) -> jax.Array:
   """Pixel map f32[B,H,W] of ``method`` (``saliency.explain``) for classes ``target`` (i32[B]).
 
   Args:
@@ -224,10 +223,12 @@ def explain(method: str, apply_fn: ApplyFn, params: Params, x: jax.Array, target
     cfg: the run's settings (its ``method_kwargs``).
     normalize: normalise by the method's family (``saliency.heatmap``); else the raw
       non-negative map ``sum_c |a_c|``.
-    **kwargs: per-example arguments, e.g. EGBP's ``contrast_class``.
+
+  Returns:
+    f32[B,H,W], in [0, 1] with ``normalize``.
   """
   attr = saliency.explain(method, apply_fn, params, x, target, key=keys, layer=layer,
-                          **{**cfg.method_kwargs.get(method, {}), **kwargs})
+                          **cfg.method_kwargs.get(method, {}))
   return saliency.heatmap(attr, method, normalize=normalize)
 
 
@@ -484,11 +485,15 @@ def recovery_batch(apply_fn: ApplyFn, params: Params, x_adv: jax.Array, adv_pred
   uniformly random one (``random``, last).
 
   Args:
+    apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
+    params: model variables.
     x_adv: f32[B,H,W,C] C&W adversarial images.
     adv_pred: i32[B] their predictions.
     index: i32[B] test indices (random streams).
     fill_mean: f32[C] the dataset mean colour.
     num_pixels: i32[P] pixels perturbed at each grid point.
+    cfg: the run's settings.
+    layer: the Grad-CAM layer.
 
   Returns:
     ``recovery_pred`` i32[B,M+1,P].
