@@ -33,7 +33,8 @@ install() {
 studies() {  # studies NUMBERS [--preset=P] [FLAGS...]
   local numbers=$1 preset=(--preset=default)
   shift
-  if [ "${1:-}" != "${1#--preset=}" ]; then
+  local first=${1:-}
+  if [ "$first" != "${first#--preset=}" ]; then
     preset=("$1")
     shift
   fi

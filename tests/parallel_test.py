@@ -187,6 +187,7 @@ def test_distributed_settings_are_checked_before_initialising():
   assert not jax.distributed.is_initialized()
 
 
+@pytest.mark.slow
 def test_saliency_and_attacks_on_4_devices_equal_one_device(tmp_path):
   _run_subprocess(['methods', tmp_path / 'four.npz'])
   four = dict(np.load(tmp_path / 'four.npz'))
@@ -232,6 +233,7 @@ def _assert_same_results(a_dir, b_dir):
           json.loads((b_dir / 'config.json').read_text()))
 
 
+@pytest.mark.slow
 def test_study_000_on_4_devices_equals_one_device(study_setup, tmp_path):
   root, ckpt, data_dir = study_setup
   # The tiny settings of studies_compare_saliency_test; batch 2 pads to 4 on 4 devices.
@@ -257,6 +259,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_study_000_on_two_processes_equals_one_device(study_setup, tmp_path):
   """Two processes of two CPU devices (jax.distributed over a local coordinator)."""
   _, ckpt, data_dir = study_setup
@@ -283,6 +286,7 @@ def test_study_000_on_two_processes_equals_one_device(study_setup, tmp_path):
   _assert_same_results(tmp_path / 'one', tmp_path / 'run0')
 
 
+@pytest.mark.slow
 def test_the_binary_on_two_processes_writes_once_and_equals_one_device(study_setup, tmp_path):
   """experiments/compare_saliency.py --distributed: flags, checkpoint loading, one report."""
   _, ckpt, data_dir = study_setup
