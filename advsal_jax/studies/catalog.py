@@ -43,6 +43,8 @@ STUDIES = {s.number: s for s in (
           'Adversarial Inputs on Saliency Maps'),
     Study('001', 'explain_adversarial',
           'Gu & Tresp: Saliency Methods for Explaining Adversarial Attacks'),
+    Study('004', 'localize_attacks',
+          'Göpfert, Wersing & Hammer: Recovering Localized Adversarial Attacks'),
 )}
 """Every study that has a binary, by number."""
 
