@@ -16,6 +16,7 @@ import pytest
 import scipy.stats
 
 from advsal_jax import metrics
+from advsal_jax.studies import catalog
 from advsal_jax.studies import localize_attacks as study
 from advsal_jax.studies import localize_attacks_report as study_report
 from advsal_jax.studies import store
@@ -210,7 +211,7 @@ def test_smoke_run_writes_every_output_with_finite_values(full_run):
   assert '2.58' in text and '1.38' in text and 'Inception v3' in text
   assert text.count('**holds**') + text.count('**does not hold**') + text.count(
       '**partly holds**') >= 3
-  rows = study_report.headline(summary, json.loads((full_run / 'config.json').read_text()))
+  rows = catalog.get('004').headline(summary, json.loads((full_run / 'config.json').read_text()))
   assert [r[1] for r in rows] == [2.58, 2.06, 1.36, 608]
 
 
