@@ -2,7 +2,8 @@
 # bash run.sh [FLAGS...]              set up .venv if missing, install advsal_jax, run study 000
 #                                     at its default preset (448 CIFAR-10 test images, minutes).
 # bash run.sh full [FLAGS...]         study 000 at the paper's scale (10,000 images, under an hour).
-# bash run.sh study NNN [--preset=P] [FLAGS...]   any study by number (default preset: default).
+# bash run.sh study NNN [FLAGS...]  any study by number; --preset=smoke|default|full among the
+#                                     flags picks the preset (default: default).
 # bash run.sh all [--preset=P]        every study, then results/index.md (one row per study).
 # bash run.sh test [PYTEST ARGS...]   install the dev extras and run the whole test suite
 #                                     (-m "not slow" skips the subprocess kill/resume tests).
@@ -30,16 +31,18 @@ install() {
   touch "$stamp"
 }
 
-studies() {  # studies NUMBERS [--preset=P] [FLAGS...]
-  local numbers=$1 preset=(--preset=default)
+studies() {  # studies NUMBERS [FLAGS...]; a --preset=P among the flags picks the preset
+  local numbers=$1 preset=--preset=default rest=()
   shift
-  local first=${1:-}
-  if [ "$first" != "${first#--preset=}" ]; then
-    preset=("$1")
-    shift
-  fi
+  for arg in "$@"; do
+    case "$arg" in
+      --preset=*) preset=$arg ;;
+      *) rest+=("$arg") ;;
+    esac
+  done
   install ""
-  exec .venv/bin/python experiments/run_studies.py --studies="$numbers" "${preset[@]}" -- "$@"
+  exec .venv/bin/python experiments/run_studies.py --studies="$numbers" "$preset" -- \
+    ${rest[@]+"${rest[@]}"}
 }
 
 case "${1:-}" in

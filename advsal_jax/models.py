@@ -324,6 +324,15 @@ def get_spec(name: str) -> ModelSpec:
   return MODELS[name]
 
 
+def cam_layer(metadata: dict) -> str:
+  """The Grad-CAM/CAM layer of a checkpoint: its metadata's ``last_conv``, else its model's.
+
+  Args:
+    metadata: a checkpoint's metadata (``checkpoints.load(...)[2]``), with ``model``.
+  """
+  return metadata.get('last_conv') or get_spec(metadata['model']).last_conv
+
+
 def create(name: str) -> nn.Module:
   """Builds the registered flax module called ``name``."""
   return get_spec(name).build()

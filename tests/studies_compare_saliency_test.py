@@ -137,6 +137,8 @@ def test_resume_after_interruption_gives_the_same_summary(setup, tmp_path):
     ({'num_examples': 13}, 'num_examples'),
     ({'eps_space': 'logit'}, 'eps_space'),
     ({'method_kwargs': {'smoothgradd': {}}}, 'method_kwargs'),
+    ({'method_kwargs': {'smoothgrad': {'samples': 3}}}, 'method_kwargs: smoothgrad takes'),
+    ({'method_kwargs': {'smoothgrad': {'num_samples': 0}}}, 'method_kwargs: smoothgrad'),
 ])
 def test_bad_settings_fail_before_any_work(setup, tmp_path, kw, match):
   _, ckpt, data_dir = setup

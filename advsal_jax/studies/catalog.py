@@ -8,6 +8,7 @@ One name per study is used everywhere: the library modules ``studies/<name>.py``
 import dataclasses
 import importlib
 import math
+import os
 import pathlib
 from typing import Any
 
@@ -79,7 +80,7 @@ def index_markdown(rows: list[dict[str, Any]], *, results_dir: pathlib.Path) -> 
                                store.read_json(out / 'config.json'))
       headline = '; '.join(f'{q}: {report.fmt(ours)} (paper {report.fmt(paper)})'
                            for q, paper, ours in numbers)
-    link = (f'[report]({(out / "report.md").resolve().relative_to(results_dir.resolve())})'
+    link = (f'[report]({os.path.relpath(out / "report.md", results_dir)})'
             if (out / 'report.md').exists() else 'no report')
     seconds = row.get('wall_seconds')
     table.append((study.number, study.name, link, headline, row['status'],

@@ -26,6 +26,7 @@ from advsal_jax import metrics
 from advsal_jax import models
 from advsal_jax import parallel
 from advsal_jax import saliency
+from advsal_jax.studies import methods
 from advsal_jax.studies import runner
 from advsal_jax.studies import store
 from advsal_jax.types import ApplyFn, Params
@@ -85,12 +86,6 @@ class Config:
       default_factory=lambda: dict(PAPER_METHOD_KWARGS))
   seed: int = 0
 
-  @classmethod
-  def from_json(cls, config: Mapping[str, Any]) -> 'Config':
-    """The settings stored in a run's ``config.json``."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
-                  if k in fields})
 
 
 def validate(cfg: Config, *, split_size: int):
@@ -102,9 +97,6 @@ def validate(cfg: Config, *, split_size: int):
   if unknown or not cfg.metrics:
     raise ValueError(f'metrics: unknown {unknown}; choose from '
                      f'{sorted({**METRICS, **PAPER_METRICS})}.')
-  unknown = [m for m in cfg.method_kwargs if m not in saliency.REGISTRY]
-  if unknown:
-    raise ValueError(f'method_kwargs: unknown methods {unknown}.')
   if any(e < 0 for e in cfg.untargeted_eps) or cfg.targeted_eps < 0:
     raise ValueError(f'eps must be >= 0, got untargeted {cfg.untargeted_eps}, targeted '
                      f'{cfg.targeted_eps}.')
@@ -198,8 +190,7 @@ def compare_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Ar
          'l2': metrics.l2_norm(delta).reshape(v, b)}
   std = np.ones(x.shape[-1], np.float32) if input_std is None else np.asarray(input_std,
                                                                             np.float32)
-  base_key = jax.random.key(cfg.seed)
-  keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(index)
+  keys = runner.example_keys(cfg.seed, index)
   for method in cfg.methods:
     clean, clean_paper = _maps(apply_fn, params, method, x, real, keys, cfg, layer, std)
     adv, adv_paper = _maps(apply_fn, params, method, flat, fake.reshape(-1),
@@ -256,11 +247,6 @@ def example_maps(apply_fn: ApplyFn, params: Params, x: jax.Array, eps: jax.Array
   return {'images': images, 'preds': preds, 'maps': maps}
 
 
-def cam_layer(meta: Mapping[str, Any]) -> str:
-  """The Grad-CAM/CAM layer of a checkpoint: its metadata's, else its model's ``last_conv``."""
-  return meta.get('last_conv') or models.get_spec(meta['model']).last_conv
-
-
 def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
         resume: bool = False, mesh: jax.sharding.Mesh | None = None) -> pathlib.Path:
   """Runs the comparison over the first ``cfg.num_examples`` test images (``runner``).
@@ -287,9 +273,11 @@ def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
   model, variables, meta = checkpoints.load(cfg.checkpoint)
   test = data.load(meta['dataset'], 'test', data_dir=data_dir)
   validate(cfg, split_size=len(test.labels))
+  methods.check_methods(cfg.methods, cfg.method_kwargs, model.apply, variables,
+                        test.images.shape[1:], layer=models.cam_layer(meta))
   config = {**dataclasses.asdict(cfg), 'model': meta['model'], 'dataset': meta['dataset'],
             'checkpoint_test_accuracy': meta['test_accuracy'], 'class_names': test.class_names,
-            'cam_layer': cam_layer(meta)}
+            'cam_layer': models.cam_layer(meta)}
   out = runner.open_output_dir(output_dir, config, resume=resume)
   mesh = parallel.data_mesh() if mesh is None else mesh
   k = int(jax.eval_shape(model.apply, variables, jnp.zeros((1, *test.images.shape[1:]))).shape[-1])

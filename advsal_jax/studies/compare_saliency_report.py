@@ -13,6 +13,7 @@ from advsal_jax import compilation
 from advsal_jax import data
 from advsal_jax.studies import compare_saliency as study
 from advsal_jax.studies import report
+from advsal_jax.studies import runner
 from advsal_jax.studies import store
 from advsal_jax.studies import summary as summ
 
@@ -253,7 +254,7 @@ def finalize(output_dir: store.PathLike, *, data_dir: str | None = None,
   from advsal_jax.studies import figures  # pylint: disable=g-import-not-at-top (matplotlib)
   out = pathlib.Path(output_dir)
   config = store.read_json(out / 'config.json')
-  cfg = study.Config.from_json(config)
+  cfg = runner.config_from_json(study.Config, config)
   res = study.load_results(out)
   store.write_npz(out / 'per_example.npz', res)
   store.write_csv(out / 'per_example.csv', per_example_rows(res, config))

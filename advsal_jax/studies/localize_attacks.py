@@ -116,12 +116,6 @@ class Config:
       default_factory=lambda: {m: dict(kw) for m, kw in DEFAULT_METHOD_KWARGS.items()})
   seed: int = 0
 
-  @classmethod
-  def from_json(cls, config: Mapping[str, Any]) -> 'Config':
-    """The settings stored in a run's ``config.json``."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
-                  if k in fields})
 
 
 def validate(cfg: Config, *, split_size: int | None = None, num_classes: int | None = None):
@@ -429,11 +423,6 @@ def example_keys(seed: int, image_index: jax.Array, region: jax.Array) -> jax.Ar
       image_index, region)
 
 
-def cam_layer(meta: Mapping[str, Any]) -> str:
-  """The Grad-CAM layer of a checkpoint: its metadata's, else its model's ``last_conv``."""
-  return meta.get('last_conv') or models.get_spec(meta['model']).last_conv
-
-
 def successes(attack: Mapping[str, np.ndarray]) -> np.ndarray:
   """(image position, region) of every successful attack, image-major: i64[M,2]."""
   return np.argwhere(attack['status'] == SUCCESS)
@@ -469,7 +458,7 @@ def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
   validate(cfg, split_size=len(test.labels), num_classes=k)
   config = {**dataclasses.asdict(cfg), 'model': meta['model'], 'dataset': meta['dataset'],
             'checkpoint_test_accuracy': meta['test_accuracy'], 'class_names': test.class_names,
-            'cam_layer': cam_layer(meta)}
+            'cam_layer': models.cam_layer(meta)}
   out = runner.open_output_dir(output_dir, config, resume=resume)
   mesh = parallel.data_mesh() if mesh is None else mesh
   felz = {'scale': cfg.felzenszwalb_scale, 'sigma': cfg.felzenszwalb_sigma,

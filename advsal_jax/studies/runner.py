@@ -81,6 +81,36 @@ def compile_step(fn: StepFn, mesh: jax.sharding.Mesh) -> StepFn:
   return compilation.jit(parallel.data_parallel(fn, mesh, batched=(False, True)))
 
 
+def config_from_json(cls: type, config: Mapping[str, Any]) -> Any:
+  """A frozen config dataclass from a run's ``config.json`` (lists back to tuples).
+
+  Keys that are not fields of ``cls`` (the run's facts: model, class names, ...) are skipped.
+  """
+  fields = {f.name for f in dataclasses.fields(cls)}
+  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+                if k in fields})
+
+
+def example_keys(seed: int, index: jax.Array, stream: int | None = None) -> jax.Array:
+  """One typed PRNG key per example: ``fold_in([fold_in(]key(seed)[, stream)], index[b])``.
+
+  Keying randomness by the example's id makes results independent of batching, device count
+  and resumption.
+
+  Args:
+    seed: the run's seed.
+    index: i32[B] example ids (e.g. test-split indices).
+    stream: optional id of an independent random stream (e.g. noise vs tie-breaking).
+
+  Returns:
+    key[B].
+  """
+  base = jax.random.key(seed)
+  if stream is not None:
+    base = jax.random.fold_in(base, stream)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+
+
 def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
   return json.loads(json.dumps(config))
 
@@ -192,4 +222,6 @@ def run_stage(stage: Stage, *, output_dir: store.PathLike, work: Sequence[int] |
     if writer:
       store.write_npz(store.shard_path(output_dir, stage.name, start), arrays)
     bar.update(n)
+  # A later stage may read these shards: no process goes on before process 0 wrote them all.
+  parallel.barrier(f'stage {stage.name} written')
   return store.shard_dir(output_dir, stage.name)

@@ -40,6 +40,9 @@ def atomic(path: PathLike, mode: str = 'wb') -> Iterator[Any]:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide results from the group.
   try:
     with open(fd, mode, **({'encoding': 'utf-8', 'newline': ''} if mode == 'w' else {})) as fh:
       yield fh
