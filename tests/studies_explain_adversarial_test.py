@@ -201,6 +201,29 @@ def test_equal_scores_are_ranked_by_the_tiebreak_not_by_position():
       study.pixel_positions(jnp.asarray([[1.0, 0, 0, 0, 0, 2]]), tiebreak), [[1, 2, 5, 3, 4, 0]])
 
 
+def test_delta_share_is_chance_for_a_constant_perturbation_not_a_row_band():
+  # FGSM-like |delta|: the budget on every pixel. Any map then holds exactly k / N of it; a
+  # top-k of |delta| with row-major ties would instead be the top rows and reward maps there.
+  rng = np.random.default_rng(5)
+  n, h, w, k = 4, 6, 5, 6
+  delta = jnp.full((n, h, w), 0.03)
+  tiebreak = jnp.asarray(rng.random((n, h, w)), jnp.float32)
+  top_rows = jnp.zeros((n, h, w)).at[:, 0].set(1.0)  # salient exactly where the band was
+  for maps in (top_rows, jnp.asarray(rng.random((n, h, w)), jnp.float32), jnp.zeros((n, h, w))):
+    np.testing.assert_allclose(study.delta_share(maps, delta, tiebreak, k), k / (h * w),
+                               rtol=1e-5)
+  # Graded |delta|: the share is what the map's top k pixels hold, ties in tiebreak order.
+  d = np.asarray(rng.random((n, h, w)), np.float32)
+  maps = np.asarray(rng.random((n, h, w)), np.float32)
+  maps[:, :2] = 0.0  # ties among the least salient pixels
+  got = study.delta_share(jnp.asarray(maps), jnp.asarray(d), tiebreak, k + 20)
+  for i in range(n):
+    order = np.lexsort((np.asarray(tiebreak[i]).ravel(), -maps[i].ravel()))
+    want = d[i].ravel()[order[:k + 20]].sum() / d[i].sum()
+    np.testing.assert_allclose(got[i], want, rtol=1e-5)
+  assert np.isnan(study.delta_share(top_rows, jnp.zeros((n, h, w)), tiebreak, k)).all()
+
+
 def test_blur_fill_matches_scipy():
   x = np.random.default_rng(2).random((2, 9, 7, 3)).astype(np.float32)
   want = scipy.ndimage.gaussian_filter(x, sigma=(0, study.BLUR_SIGMA, study.BLUR_SIGMA, 0),

@@ -10,7 +10,7 @@ Four experiments over the first N test images (``EXPERIMENTS``), run as resumabl
   predictions, success and perturbation norms.
 * ``maps`` (clean_vs_adversarial, failed_vs_successful): every method's map of the clean image
   for its prediction and of each adversarial image for its new prediction, and how much they
-  differ; overlap of each map's top pixels with the top pixels of ``|delta|``.
+  differ; share of the perturbation ``|delta|`` on each map's top pixels.
 * ``recovery``: on successful C&W images (clean prediction correct), the top p % pixels of
   each method's map (and of a random ranking) are replaced by a fill; accuracy vs p, every p
   and every method in one vmapped model evaluation.
@@ -96,7 +96,7 @@ class Config:
     recovery_fill: what perturbed pixels become: 'mean' (the dataset mean colour, the
       model's normalisation mean), 'blur' (Gaussian blur of the adversarial image,
       ``BLUR_SIGMA``) or 'noise' (uniform in [0, 1], one draw per image).
-    overlap_percent: top pixels (% of the image) compared with the top pixels of ``|delta|``.
+    overlap_percent: top pixels (% of the image) of a map whose share of ``|delta|`` counts.
     method_kwargs: method -> hyper-parameters over the functions' defaults.
     seed: seed of every random choice (image i uses streams folded with i).
   """
@@ -339,9 +339,9 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
     layer: the Grad-CAM layer.
 
   Returns:
-    ``<method>/<metric>`` f32[B,A] for ``MAP_METRICS``, and ``<method>/adv_delta_jaccard``,
-    ``<method>/clean_delta_jaccard`` f32[B,A]: Jaccard index of the top ``overlap_percent``
-    pixels of the adversarial (clean) map and those of ``sum_c |x_adv - x|``.
+    ``<method>/<metric>`` f32[B,A] for ``MAP_METRICS``, and ``<method>/adv_delta_share``,
+    ``<method>/clean_delta_share`` f32[B,A]: the share of ``sum |delta|`` (``delta_share``)
+    on the top ``overlap_percent`` pixels of the adversarial (clean) map.
   """
   b, a = adv_pred.shape
   hw = x.shape[1:3]
@@ -350,7 +350,7 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
   keys = jnp.tile(example_keys(cfg.seed, index, _SMOOTHGRAD_STREAM), 1 + a)
   k = overlap_pixels(cfg, hw)
   delta = jnp.abs(jnp.moveaxis(x_adv, 1, 0) - x[None]).sum(-1).reshape(a * b, *hw)
-  delta_top = metrics.top_k_mask(delta, k)
+  tiebreak = jnp.tile(uniform_maps(cfg.seed, index, _TIEBREAK_STREAM, hw), (a, 1, 1))
   out = {}
   for method in cfg.methods:
     maps = explain(method, apply_fn, params, images, targets, keys=keys, layer=layer, cfg=cfg,
@@ -360,10 +360,40 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
     values = {'spearman': metrics.spearman(clean, adv),
               'mean_ssim': metrics.mean_ssim(clean, adv, data_range=1.0),
               'l2_distance': metrics.l2_distance(clean, adv),
-              'adv_delta_jaccard': metrics.jaccard(metrics.top_k_mask(adv, k), delta_top),
-              'clean_delta_jaccard': metrics.jaccard(metrics.top_k_mask(clean, k), delta_top)}
+              'adv_delta_share': delta_share(adv, delta, tiebreak, k),
+              'clean_delta_share': delta_share(clean, delta, tiebreak, k)}
     out.update({f'{method}/{n}': v.reshape(a, b).T for n, v in values.items()})
   return out
+
+
+def uniform_maps(seed: int, index: jax.Array, stream: int, hw: tuple[int, int]) -> jax.Array:
+  """f32[B,H,W] uniform in [0, 1), one draw per example of ``index`` from ``stream``."""
+  return jax.vmap(lambda k: jax.random.uniform(k, hw))(example_keys(seed, index, stream))
+
+
+def delta_share(maps: jax.Array, delta: jax.Array, tiebreak: jax.Array, k: int) -> jax.Array:
+  """Share of the perturbation's magnitude on each map's top ``k`` pixels.
+
+  ``sum(delta on top k) / sum(delta)``: tie-free on the perturbation's side (FGSM's and
+  BIM's ``|delta|`` equal the budget on most pixels, so the top pixels of ``|delta|`` would be
+  an arbitrary pick), equal map values taken in ``tiebreak`` order. A map unrelated to the
+  perturbation scores ``k / (H*W)`` on average, and exactly that when ``delta`` is constant.
+
+  Args:
+    maps: f32[N,H,W] saliency maps.
+    delta: f32[N,H,W] non-negative perturbation magnitudes (``sum_c |x_adv - x|``).
+    tiebreak: f32[N,H,W] distinct values ordering equal map values.
+    k: pixels taken from each map, in [1, H*W].
+
+  Returns:
+    f32[N] in [0, 1]; NaN where ``delta`` is all zero.
+  """
+  n = maps.shape[0]
+  top = pixel_positions(maps.reshape(n, -1), tiebreak.reshape(n, -1)) < k
+  d = delta.reshape(n, -1)
+  total = d.sum(-1)
+  return jnp.where(total > 0, jnp.where(top, d, 0).sum(-1) / jnp.where(total > 0, total, 1),
+                   jnp.nan)
 
 
 def example_maps(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array,
@@ -388,7 +418,7 @@ def example_maps(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Arr
 
 
 def overlap_pixels(cfg: Config, hw: tuple[int, int]) -> int:
-  """Top pixels compared with ``|delta|``: ``overlap_percent`` of H*W, at least 1."""
+  """Top map pixels of ``delta_share``: ``overlap_percent`` of H*W, at least 1."""
   return max(1, int(round(cfg.overlap_percent / 100 * hw[0] * hw[1])))
 
 
@@ -504,7 +534,7 @@ def recovery_batch(apply_fn: ApplyFn, params: Params, x_adv: jax.Array, adv_pred
   hw = x_adv.shape[1:3]
 
   def uniform(stream):
-    return jax.vmap(lambda k: jax.random.uniform(k, hw))(example_keys(cfg.seed, index, stream))
+    return uniform_maps(cfg.seed, index, stream, hw)
 
   scores = jnp.stack([*maps, uniform(_RANDOM_RANK_STREAM)])
   fill = fill_images(x_adv, cfg.recovery_fill, mean=fill_mean,

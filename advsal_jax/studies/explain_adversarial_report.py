@@ -19,7 +19,7 @@ from advsal_jax.studies import summary as summ
 
 Results = Mapping[str, Mapping[str, np.ndarray]]
 PAIR_STATS = ('sim_ratio', 'avg_diff', 'spearman')
-SHIFT_STATS = ('spearman', 'adv_delta_jaccard')
+SHIFT_STATS = ('spearman', 'adv_delta_share')
 """failed_vs_successful: map vs clean map, and map's top pixels vs the perturbation's."""
 SIM_RATIO_CLOSE = 0.9
 """A Sim-Ratio at least this counts as 'close to 1'."""
@@ -65,7 +65,7 @@ def tables(res: Results, config: Mapping[str, Any]) -> dict[str, dict[str, np.nd
     base, methods = _attack_table(res), config['methods']
     cols = {k: np.repeat(v, len(methods)) for k, v in base.items()}
     cols['method'] = np.tile(methods, len(base['index']))
-    for name in (*study.MAP_METRICS, 'adv_delta_jaccard', 'clean_delta_jaccard'):
+    for name in (*study.MAP_METRICS, 'adv_delta_share', 'clean_delta_share'):
       cols[name] = np.stack([res['maps'][f'{m}/{name}'] for m in methods], -1).reshape(-1)
     out['maps'] = cols
   if 'recovery' in res:
@@ -441,8 +441,12 @@ def report_markdown(s: Mapping[str, Any], config: Mapping[str, Any], *,
     doc.heading('Failed vs successful attacks (Fig. 5)')
     doc.paragraph(
         f"Adv_f: the prediction did not change; Adv_s: it did. `spearman`: adversarial map vs "
-        f"clean map; `adv_delta_jaccard`: Jaccard index of the map's top "
-        f"{config['overlap_percent']:g} % pixels and those of sum_c |x_adv - x|. Two-sided "
+        f"clean map; `adv_delta_share`: share of sum_c |x_adv - x| on the map's top "
+        f"{config['overlap_percent']:g} % pixels (equal map values in random order), chance "
+        f"level {config['overlap_percent'] / 100:.2f} for a map unrelated to the perturbation. "
+        'A share of |delta| rather than an overlap with its top pixels: FGSM\'s and BIM\'s '
+        '|delta| equal the budget on most pixels, so their top pixels would be an arbitrary '
+        'pick; FGSM\'s share is therefore close to chance for any map. Two-sided '
         f"Mann-Whitney U (r: rank-biserial, negative = Adv_s lower), when each group has >= "
         f'{MIN_GROUP} images.')
     rows = []
