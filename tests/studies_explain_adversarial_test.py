@@ -98,33 +98,54 @@ def test_pair_statistics_match_a_hand_computation_on_a_linear_model():
   h, w, c, k = 4, 5, 3, 4
   params = _linear_params(rng, h, w, c, k)
   x = jnp.asarray(rng.random((2, h, w, c)), jnp.float32)
-  cfg = study.Config(pair_classes=3)
+  cfg = study.Config(pair_classes=3, overlap_percent=25.0, seed=3)
+  fill = jnp.asarray([0.1, 0.5, 0.9], jnp.float32)
+  index = jnp.asarray([7, 2])
   pairs = jax.jit(functools.partial(study.pairs_batch, linear_apply, cfg=cfg))
-  got = jax.tree.map(np.asarray, pairs(params, x))
+  got = jax.tree.map(np.asarray, pairs(params, x, index, fill))
   weights = np.asarray(params['w']).reshape(h, w, c, k)
   logits = np.asarray(x).reshape(2, -1) @ np.asarray(params['w'])
   np.testing.assert_array_equal(got['top_classes'], np.argsort(-logits, 1)[:, :3])
+  tiebreak = np.asarray(study.uniform_maps(3, index, 2, (h, w)))
+  random_rank = np.asarray(study.uniform_maps(3, index, 1, (h, w)))
+  n_del = round(0.25 * h * w)
   for b in range(2):
+    np.testing.assert_allclose(
+        got['gbp_on_fraction'][b], [(weights[..., j] > 0).mean() for j in got['top_classes'][b]])
     for p, (i, j) in enumerate(study.class_pairs(3)):
       ck, cm = got['top_classes'][b, i], got['top_classes'][b, j]
-      # GBP of a model without ReLUs is the gradient: W[..., class].
+      # GBP of a model without ReLUs is the gradient: W[..., class]. Binarised per channel at
+      # g > 0 (the paper's filtering effect s * 1{g > 0}).
       sk, sm = weights[..., ck], weights[..., cm]
       gk, gm = np.abs(sk).sum(-1), np.abs(sm).sum(-1)
-      want_sr = np.mean((gk > 0) == (gm > 0))
+      want_sr = np.mean((sk > 0) == (sm > 0))
+      pk, pm = (sk > 0).mean(), (sm > 0).mean()
       want_ad = abs(gk.mean() - gm.mean()) / max(gk.mean(), gm.mean())
       np.testing.assert_allclose(got['gbp_sim_ratio'][b, p], want_sr, rtol=1e-6)
+      np.testing.assert_allclose(got['gradient_sim_ratio'][b, p], want_sr, rtol=1e-6)
+      np.testing.assert_allclose(got['chance_sim_ratio'][b, p], pk * pm + (1 - pk) * (1 - pm),
+                                 rtol=1e-6)
       np.testing.assert_allclose(got['gbp_avg_diff'][b, p], want_ad, rtol=1e-5)
       np.testing.assert_allclose(got['gbp_spearman'][b, p],
                                  scipy.stats.spearmanr(gk.ravel(), gm.ravel()).statistic,
                                  atol=1e-5)
       # EGBP: channel-wise energy normalisation, then max(0, s_k - s_m) (and m against k).
       nk, nm = sk / np.abs(sk).sum((0, 1)), sm / np.abs(sm).sum((0, 1))
-      ek, em = np.maximum(nk - nm, 0).sum(-1), np.maximum(nm - nk, 0).sum(-1)
-      np.testing.assert_allclose(got['egbp_sim_ratio'][b, p], np.mean((ek > 0) == (em > 0)),
+      ek_c, em_c = np.maximum(nk - nm, 0), np.maximum(nm - nk, 0)
+      ek, em = ek_c.sum(-1), em_c.sum(-1)
+      np.testing.assert_allclose(got['egbp_sim_ratio'][b, p], np.mean((ek_c > 0) == (em_c > 0)),
                                  rtol=1e-6)
       np.testing.assert_allclose(got['egbp_avg_diff'][b, p],
                                  abs(ek.mean() - em.mean()) / max(ek.mean(), em.mean()),
                                  rtol=1e-4, atol=1e-6)
+      # Deleting pixels S of a linear model lowers logit_k - logit_m by
+      # sum_{S} (x - fill) . (W_k - W_m).
+      per_pixel = ((np.asarray(x[b]) - np.asarray(fill)) * (sk - sm)).sum(-1).ravel()
+      for name, score in (('egbp', ek), ('gbp', gk), ('random', random_rank[b])):
+        order = np.lexsort((tiebreak[b].ravel(), -score.ravel()))
+        np.testing.assert_allclose(got[f'{name}_margin_drop'][b, p],
+                                   per_pixel[order[:n_del]].sum(), rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
 
 
 def test_heatmap_and_avg_diff_on_small_fixed_maps():

@@ -5,7 +5,8 @@ Four experiments over the first N test images (``EXPERIMENTS``), run as resumabl
 
 * ``pairs`` (class_discriminative): Guided Backprop (GBP) and Enhanced GBP (EGBP) maps of the
   top ``pair_classes`` predicted classes; for every pair of them the Sim-Ratio of the binarised
-  maps, the Avg-Diff of the unnormalised ones and their Spearman correlation.
+  maps (with the plain gradient's and chance as controls), the Avg-Diff of the unnormalised
+  ones, their Spearman correlation, and the margin drop when each map's top pixels go.
 * ``attacks``: FGSM, BIM and C&W-L2 against the clean prediction; adversarial images,
   predictions, success and perturbation norms.
 * ``maps`` (clean_vs_adversarial, failed_vs_successful): every method's map of the clean image
@@ -15,8 +16,9 @@ Four experiments over the first N test images (``EXPERIMENTS``), run as resumabl
   each method's map (and of a random ranking) are replaced by a fill; accuracy vs p, every p
   and every method in one vmapped model evaluation.
 
-Pixel maps are ``saliency.heatmap``'s: ``sum_c |a_c|``, unnormalised for Sim-Ratio, Avg-Diff
-and the rankings, normalised by the method's family for the map comparisons.
+Pixel maps are ``saliency.heatmap``'s: ``sum_c |a_c|``, unnormalised for Avg-Diff and the
+rankings (Sim-Ratio binarises per channel), normalised by the method's family for the map
+comparisons.
 
 Reference: Gu & Tresp, Saliency Methods for Explaining Adversarial Attacks, arXiv:1908.08413.
 """
@@ -96,7 +98,8 @@ class Config:
     recovery_fill: what perturbed pixels become: 'mean' (the dataset mean colour, the
       model's normalisation mean), 'blur' (Gaussian blur of the adversarial image,
       ``BLUR_SIGMA``) or 'noise' (uniform in [0, 1], one draw per image).
-    overlap_percent: top pixels (% of the image) of a map whose share of ``|delta|`` counts.
+    overlap_percent: top pixels (% of the image) of a map: deleted in the pairs margin test,
+      and whose share of ``|delta|`` counts in the maps stage.
     method_kwargs: method -> hyper-parameters over the functions' defaults.
     seed: seed of every random choice (image i uses streams folded with i).
   """
@@ -237,46 +240,86 @@ def class_pairs(k: int) -> list[tuple[int, int]]:
   return [(i, j) for i in range(k) for j in range(i + 1, k)]
 
 
-def pairs_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, *,
-                cfg: Config) -> dict[str, jax.Array]:
+def pairs_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Array,
+                fill_mean: jax.Array, *, cfg: Config) -> dict[str, jax.Array]:
   """Class-discriminative statistics of GBP and EGBP maps for every pair of top classes.
 
-  Sim-Ratio compares the binarised maps (a pixel is on where the map is non-zero: the
-  filtering effect), Avg-Diff the unnormalised ones; EGBP's pair is the map of class k
-  against m and the map of m against k.
+  Sim-Ratio compares the binarised attributions as the paper defines the filtering effect,
+  ``s * 1{g > 0}`` per channel: a (pixel, channel) is on where the map is positive. The
+  plain gradient's Sim-Ratio of the same pair and the agreement two independent masks with
+  GBP's on-fractions would reach by chance are the controls. Avg-Diff and Spearman compare
+  the unnormalised pixel maps. EGBP's pair is the map of class k against m and of m
+  against k (complementary supports by construction), so its separation is also tested
+  directly: the top ``overlap_percent`` pixels of EGBP(k vs m), of GBP(k) and of a random
+  ranking are replaced by ``fill_mean`` and the drop of ``logit_k - logit_m`` is recorded.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
     params: model variables.
     x: f32[B,H,W,C] in [0, 1].
+    index: i32[B] test indices (random ranking and tiebreak streams).
+    fill_mean: f32[C] the deleted pixels' colour (the dataset mean).
     cfg: the run's settings.
 
   Returns:
-    ``top_classes`` i32[B,pair_classes] and, with P the number of pairs,
-    ``{gbp,egbp}_{sim_ratio,avg_diff,spearman}`` f32[B,P].
+    ``top_classes`` i32[B,pair_classes], ``gbp_on_fraction`` f32[B,pair_classes] and, with
+    P the number of pairs (k the higher-ranked class), f32[B,P]:
+    ``{gbp,egbp}_{sim_ratio,avg_diff,spearman}``, ``gradient_sim_ratio``,
+    ``chance_sim_ratio`` and ``{egbp,gbp,random}_margin_drop``.
   """
-  b = x.shape[0]
-  pairs = class_pairs(cfg.pair_classes)
-  top = jnp.argsort(-apply_fn(params, x), axis=-1)[:, :cfg.pair_classes]
-  tiled = jnp.tile(x, (cfg.pair_classes, 1, 1, 1))
-  gbp = saliency.heatmap(saliency.guided_backprop(apply_fn, params, tiled, top.T.reshape(-1)),
-                         GBP, normalize=False)
-  gbp = gbp.reshape(cfg.pair_classes, b, *x.shape[1:3])
+  b, hw = x.shape[0], x.shape[1:3]
+  n_cls = cfg.pair_classes
+  pairs = class_pairs(n_cls)
+  logits = apply_fn(params, x)
+  top = jnp.argsort(-logits, axis=-1)[:, :n_cls]
+  tiled = jnp.tile(x, (n_cls, 1, 1, 1))
+  classes = top.T.reshape(-1)
   first = jnp.asarray([i for i, _ in pairs])
   second = jnp.asarray([j for _, j in pairs])
-  a, c = gbp[first].reshape(-1, *x.shape[1:3]), gbp[second].reshape(-1, *x.shape[1:3])
+
+  def pair_up(attr):  # [n_cls*B, ...] -> the k and the m member of every pair, [P*B, ...]
+    attr = attr.reshape(n_cls, b, *attr.shape[1:])
+    return attr[first].reshape(-1, *attr.shape[2:]), attr[second].reshape(-1, *attr.shape[2:])
+
+  g = saliency.guided_backprop(apply_fn, params, tiled, classes)
+  grad = saliency.gradient(apply_fn, params, tiled, classes)
+  on = (g > 0).mean(axis=(1, 2, 3)).reshape(n_cls, b)
+  gk, gm = pair_up(g)
+  dk, dm = pair_up(grad)
+  pk, pm = on[first].reshape(-1), on[second].reshape(-1)
   # EGBP of k against m, then of m against k, every pair in one call.
   k_cls = jnp.concatenate([top[:, first].T, top[:, second].T]).reshape(-1)
   m_cls = jnp.concatenate([top[:, second].T, top[:, first].T]).reshape(-1)
-  egbp = saliency.heatmap(saliency.enhanced_guided_backprop(
+  e1, e2 = jnp.split(saliency.enhanced_guided_backprop(
       apply_fn, params, jnp.tile(x, (2 * len(pairs), 1, 1, 1)), k_cls, contrast_class=m_cls),
-                          EGBP, normalize=False)
-  e1, e2 = jnp.split(egbp, 2)
-  out = {'top_classes': top}
-  for name, (u, v) in (('gbp', (a, c)), ('egbp', (e1, e2))):
-    for stat, fn in (('sim_ratio', metrics.sim_ratio), ('avg_diff', metrics.avg_diff),
-                     ('spearman', metrics.spearman)):
-      out[f'{name}_{stat}'] = fn(u, v).reshape(len(pairs), b).T
+                     2)
+  out = {'top_classes': top, 'gbp_on_fraction': on.T}
+  values = {'gradient_sim_ratio': metrics.sim_ratio(jax.nn.relu(dk), jax.nn.relu(dm)),
+            'chance_sim_ratio': pk * pm + (1 - pk) * (1 - pm)}
+  for name, (u, v), method in (('gbp', (gk, gm), GBP), ('egbp', (e1, e2), EGBP)):
+    values[f'{name}_sim_ratio'] = metrics.sim_ratio(jax.nn.relu(u), jax.nn.relu(v))
+    hu = saliency.heatmap(u, method, normalize=False)
+    hv = saliency.heatmap(v, method, normalize=False)
+    values[f'{name}_avg_diff'] = metrics.avg_diff(hu, hv)
+    values[f'{name}_spearman'] = metrics.spearman(hu, hv)
+  # Deletion: does EGBP(k vs m) find the pixels behind logit_k - logit_m?
+  n = len(pairs) * b
+  scores = jnp.concatenate([
+      saliency.heatmap(e1, EGBP, normalize=False),
+      saliency.heatmap(gk, GBP, normalize=False),
+      jnp.tile(uniform_maps(cfg.seed, index, _RANDOM_RANK_STREAM, hw), (len(pairs), 1, 1))])
+  tiebreak = jnp.tile(uniform_maps(cfg.seed, index, _TIEBREAK_STREAM, hw), (3 * len(pairs), 1))
+  positions = pixel_positions(scores.reshape(3 * n, -1), tiebreak.reshape(3 * n, -1))
+  deleted = jnp.where((positions < overlap_pixels(cfg, hw)).reshape(3 * n, *hw, 1),
+                      fill_mean.astype(x.dtype), jnp.tile(x, (3 * len(pairs), 1, 1, 1)))
+  ck, cm = jnp.tile(k_cls[:n], 3), jnp.tile(m_cls[:n], 3)
+  after = apply_fn(params, deleted)
+  rows = jnp.arange(3 * n)
+  clean = jnp.tile(logits, (3 * len(pairs), 1))
+  drop = (clean[rows, ck] - clean[rows, cm]) - (after[rows, ck] - after[rows, cm])
+  for r, name in enumerate(('egbp', 'gbp', 'random')):
+    values[f'{name}_margin_drop'] = drop[r * n:(r + 1) * n]
+  out.update({k: v.reshape(len(pairs), b).T for k, v in values.items()})
   return out
 
 
@@ -608,11 +651,12 @@ def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
 
   todo = stages(cfg)
   if 'pairs' in todo:
-    step = runner.compile_step(
-        lambda params, batch: pairs_batch(apply_fn, params, batch['x'], cfg=cfg), mesh)
+    step = runner.compile_step(lambda rep, batch: pairs_batch(
+        apply_fn, rep[0], batch['x'], batch['index'], rep[1], cfg=cfg), mesh)
     runner.run_stage(runner.Stage('pairs', step, clean_inputs, cfg.batch_size,
                                   record=('label',)),
-                     output_dir=out, work=work, replicated=variables, mesh=mesh)
+                     output_dir=out, work=work,
+                     replicated=(variables, np.asarray(model.mean, np.float32)), mesh=mesh)
   if 'attacks' not in todo:
     return out
   budgets = {k: np.float32(getattr(cfg, k)) for k in BUDGETS[meta['dataset']]}
