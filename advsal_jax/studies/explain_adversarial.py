@@ -384,7 +384,10 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
   Returns:
     ``<method>/<metric>`` f32[B,A] for ``MAP_METRICS``, and ``<method>/adv_delta_share``,
     ``<method>/clean_delta_share`` f32[B,A]: the share of ``sum |delta|`` (``delta_share``)
-    on the top ``overlap_percent`` pixels of the adversarial (clean) map.
+    on the top ``overlap_percent`` pixels of the adversarial (clean) map. With EGBP, also
+    ``enhanced_guided_backprop/swapped_{spearman,delta_share}`` f32[B,A] (NaN where the
+    attack failed): the control map, EGBP of the clean image for ``adv_pred`` against
+    ``clean_pred``, vs the adversarial map, and its share of ``|delta|``.
   """
   b, a = adv_pred.shape
   hw = x.shape[1:3]
@@ -405,6 +408,17 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
               'l2_distance': metrics.l2_distance(clean, adv),
               'adv_delta_share': delta_share(adv, delta, tiebreak, k),
               'clean_delta_share': delta_share(clean, delta, tiebreak, k)}
+    if method == EGBP:
+      # Control: the clean image's EGBP map for the adversarial class against the clean one.
+      # The adversarial map explains adv_pred against its runner-up, usually the clean class,
+      # so much of its change from the clean map is this class swap, not the perturbation.
+      swapped = saliency.heatmap(saliency.enhanced_guided_backprop(
+          apply_fn, params, jnp.tile(x, (a, 1, 1, 1)), adv_pred.T.reshape(-1),
+          contrast_class=jnp.tile(clean_pred, a)), EGBP, normalize=True)
+      changed = adv_pred.T.reshape(-1) != jnp.tile(clean_pred, a)
+      values['swapped_spearman'] = jnp.where(changed, metrics.spearman(swapped, adv), jnp.nan)
+      values['swapped_delta_share'] = jnp.where(changed, delta_share(swapped, delta, tiebreak,
+                                                                     k), jnp.nan)
     out.update({f'{method}/{n}': v.reshape(a, b).T for n, v in values.items()})
   return out
 
@@ -666,8 +680,14 @@ def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
                                 record=('label',)),
                    output_dir=out, work=work, replicated=(variables, budgets), mesh=mesh)
   adv = store.load_shards(out, 'attacks')
-  row = np.empty(len(test.labels), np.int64)
+  row = np.full(len(test.labels), -1, np.int64)
   row[adv['index']] = np.arange(len(adv['index']))
+  missing = np.flatnonzero(row[work] < 0)
+  if len(missing):
+    raise RuntimeError(
+        f'attacks: {len(missing)} of {len(work)} images have no shard in {out} (first: test '
+        f'index {int(work[missing[0]])}); a multi-process run needs a shared output directory '
+        'and every process past the attacks stage before the maps stage reads it.')
 
   def adversarial_inputs(ids):
     r = row[ids]

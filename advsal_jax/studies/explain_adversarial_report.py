@@ -25,10 +25,18 @@ PAIR_COLUMNS = (*(f'{m}_{s}' for m in ('gbp', 'egbp') for s in PAIR_STATS),
                 'gradient_sim_ratio', 'chance_sim_ratio', *(f'{d}_margin_drop' for d in DROPS))
 SHIFT_STATS = ('spearman', 'adv_delta_share')
 """failed_vs_successful: map vs clean map, and map's top pixels vs the perturbation's."""
+SWAPPED = ('swapped_spearman', 'swapped_delta_share')
+"""EGBP's control map (clean image, adversarial class against the clean one) vs the
+adversarial map, and its share of |delta|."""
 SIM_RATIO_CLOSE = 0.9
 """A Sim-Ratio at least this counts as 'close to 1'."""
 MIN_GROUP = 3
 """Fewest Adv_f (and Adv_s) values for a Mann-Whitney U test."""
+MIN_ALIKE_GROUP = 20
+"""Fewest Adv_f (and Adv_s) values to show two groups alike (an effect-size bound)."""
+ALIKE_R = 0.1
+"""Groups are alike when |rank-biserial| < ALIKE_R and its 95 % CI lies in (-2 ALIKE_R,
+2 ALIKE_R)."""
 ALPHA = 0.05
 QUANTILES = {'min': 0, 'q05': 5, 'median': 50, 'q95': 95, 'max': 100}
 SHORT = {study.GBP: 'GBP', study.EGBP: 'EGBP', 'integrated_gradients': 'IG',
@@ -72,6 +80,10 @@ def tables(res: Results, config: Mapping[str, Any]) -> dict[str, dict[str, np.nd
     cols['method'] = np.tile(methods, len(base['index']))
     for name in (*study.MAP_METRICS, 'adv_delta_share', 'clean_delta_share'):
       cols[name] = np.stack([res['maps'][f'{m}/{name}'] for m in methods], -1).reshape(-1)
+    nan = np.full_like(res['maps'][f'{methods[0]}/spearman'], np.nan)
+    for name in SWAPPED:  # the EGBP rows only
+      cols[name] = np.stack([res['maps'].get(f'{m}/{name}', nan) if m == study.EGBP else nan
+                             for m in methods], -1).reshape(-1)
     out['maps'] = cols
   if 'recovery' in res:
     r = res['recovery']
@@ -104,7 +116,20 @@ def _mann_whitney(failed: np.ndarray, success: np.ndarray) -> dict[str, float] |
   failed, success = failed[np.isfinite(failed)], success[np.isfinite(success)]
   if min(len(failed), len(success)) < MIN_GROUP:
     return None
-  return metrics.mann_whitney_u(success, failed)._asdict()
+  out = metrics.mann_whitney_u(success, failed)._asdict()
+  out['rank_biserial_ci'] = list(_rank_biserial_ci(success, failed))
+  return out
+
+
+def _rank_biserial_ci(success: np.ndarray, failed: np.ndarray, *, seed: int = 0,
+                      n_resamples: int = 1000) -> tuple[float, float]:
+  """95 % percentile-bootstrap CI (both groups resampled) of P(s > f) - P(s < f)."""
+  signs = np.sign(success[:, None] - failed[None, :])
+  rng = np.random.default_rng(seed)
+  r = [signs[rng.integers(0, len(success), len(success))][
+      :, rng.integers(0, len(failed), len(failed))].mean() for _ in range(n_resamples)]
+  low, high = np.percentile(r, [2.5, 97.5])
+  return float(low), float(high)
 
 
 def summarize(res: Results, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,6 +186,18 @@ def summarize(res: Results, config: Mapping[str, Any]) -> dict[str, Any]:
             for meth in (study.GBP, study.EGBP)
             for sel in [where & (m['method'] == meth)]}
         for g, where in groups.items()}
+    if study.EGBP in config['methods']:
+      out['egbp_swapped_control'] = {
+          att: {'adv_vs_clean_spearman': _describe(m['spearman'][sel], seed),
+                'adv_vs_swapped_spearman': _describe(m['swapped_spearman'][sel], seed),
+                'swapped_minus_clean_spearman': _describe(
+                    m['swapped_spearman'][sel] - m['spearman'][sel], seed),
+                'adv_delta_share': _describe(m['adv_delta_share'][sel], seed),
+                'swapped_delta_share': _describe(m['swapped_delta_share'][sel], seed),
+                'adv_minus_swapped_delta_share': _describe(
+                    m['adv_delta_share'][sel] - m['swapped_delta_share'][sel], seed)}
+          for att in study.ATTACKS
+          for sel in [(m['attack'] == att) & (m['method'] == study.EGBP) & ok]}
   if 'recovery' in t:
     out['recovery'] = _summarize_recovery(res['recovery'], config, seed)
   out['claims'] = [dataclasses.asdict(c) for c in claims(out, config)]
@@ -267,7 +304,9 @@ def claims(s: Mapping[str, Any], config: Mapping[str, Any]) -> list[report.Claim
 def _reacts_claim(s: Mapping[str, Any], config: Mapping[str, Any]) -> report.Claim:
   text = ('Only Enhanced GBP reacts strongly to adversarial changes; other maps stay similar '
           '(rule: on successful attacks, EGBP has the lowest Spearman and mean SSIM, CI '
-          'below every other method\'s, per attack).')
+          'below every other method\'s, per attack; only partly if, on some attack, the '
+          "adversarial EGBP map is closer to the control, the clean image's EGBP map for the "
+          'adversarial against the clean class, than to the clean map: paired CI above 0).')
   cva = s.get('clean_vs_adversarial')
   if not cva or study.EGBP not in config['methods'] or len(config['methods']) < 2:
     return report.Claim(text, 'Fig. 3 (qualitative)', 'n/a', 'cannot be tested',
@@ -288,10 +327,24 @@ def _reacts_claim(s: Mapping[str, Any], config: Mapping[str, Any]) -> report.Cla
   if not cells:
     return report.Claim(text, 'Fig. 3 (qualitative)', 'n/a', 'cannot be tested',
                         'no attack succeeded on two or more images')
+  verdict, why = _verdict(hits, cells), ''
+  ctl = s.get('egbp_swapped_control') or {}
+  swap = [att for att in study.ATTACKS
+          if (ctl.get(att, {}).get('swapped_minus_clean_spearman') or {}).get('ci_low', -1) > 0]
+  ctl_text = '; '.join(
+      f"{study.ATTACK_LABELS[att]} {report.fmt(c['adv_vs_swapped_spearman']['mean'], '.2f')}"
+      for att, c in ctl.items() if c['adv_vs_swapped_spearman'])
+  if swap and hits:
+    verdict = 'partly holds'
+    why = ('much of the reaction is the class swap: on ' + ', '.join(
+        study.ATTACK_LABELS[a] for a in swap) + " the adversarial EGBP map is closer to the "
+           "clean image's EGBP map for (adversarial vs clean class) than to the clean map")
   return report.Claim(text, 'Fig. 3 (qualitative)',
                       'mean Spearman (clean vs adversarial map, successful attacks): '
                       + '; '.join(parts) + f'. EGBP clearly lowest in {hits} of {cells} '
-                      '(attack, metric) cells', _verdict(hits, cells))
+                      '(attack, metric) cells. Control, Spearman of the adversarial EGBP map '
+                      "with the clean image's EGBP(adversarial vs clean class): "
+                      + (ctl_text or 'n/a'), verdict, why)
 
 
 def _recovery_claim(s: Mapping[str, Any], config: Mapping[str, Any]) -> report.Claim:
@@ -316,34 +369,53 @@ def _recovery_claim(s: Mapping[str, Any], config: Mapping[str, Any]) -> report.C
 
 
 def _failed_claims(s: Mapping[str, Any]) -> list[report.Claim]:
-  texts = {
-      study.EGBP: ('Enhanced GBP maps of successful attacks (Adv_s) depart from the clean map, '
-                   'those of failed ones (Adv_f) do not (rule: Spearman to the clean map lower '
-                   f'for Adv_s, Mann-Whitney p < {ALPHA}, on every attack with >= {MIN_GROUP} '
-                   'of each).'),
-      study.GBP: ('GBP maps look alike for Adv_f and Adv_s (rule: no Mann-Whitney difference, '
-                  f'p >= {ALPHA}, in Spearman to the clean map on every testable attack).')}
   fvs = s.get('failed_vs_successful')
+  texts = {
+      study.EGBP: ('Enhanced GBP maps of successful attacks (Adv_s) depart from the clean map '
+                   'towards the perturbation, those of failed ones (Adv_f) do not (rule, per '
+                   f'attack with >= {MIN_GROUP} of each: Spearman to the clean map lower for '
+                   'Adv_s and, except on FGSM, whose |delta| is the budget almost everywhere, '
+                   'a higher share of |delta| on the top pixels, each Mann-Whitney p < '
+                   f'{ALPHA}).'),
+      study.GBP: ('GBP maps look alike for Adv_f and Adv_s (rule, per attack with >= '
+                  f'{MIN_ALIKE_GROUP} of each: Spearman to the clean map with rank-biserial '
+                  f'|r| < {ALIKE_R} and its 95 % CI inside (-{2 * ALIKE_R:g}, '
+                  f'{2 * ALIKE_R:g})).')}
   out = []
   for method, text in texts.items():
     if not fvs:
       out.append(report.Claim(text, 'Fig. 5 (qualitative)', 'n/a', 'cannot be tested',
                               'failed_vs_successful was not run'))
       continue
+    need = MIN_GROUP if method == study.EGBP else MIN_ALIKE_GROUP
     tested, hits, parts = 0, 0, []
     for att in study.ATTACKS:
-      mw = fvs[att][method]['spearman']['mann_whitney']
-      if mw is None:
+      cell = fvs[att][method]
+      mw = cell['spearman']['mann_whitney']
+      f, ok = cell['spearman']['failed'], cell['spearman']['success']
+      if mw is None or min(f['n'], ok['n']) < need:
         continue
       tested += 1
-      f, ok = fvs[att][method]['spearman']['failed'], fvs[att][method]['spearman']['success']
-      differs = mw['pvalue'] < ALPHA and mw['rank_biserial'] < 0
-      hits += differs if method == study.EGBP else mw['pvalue'] >= ALPHA
-      parts.append(f"{study.ATTACK_LABELS[att]}: Adv_f {f['mean']:.3f} (n {f['n']}) vs "
-                   f"Adv_s {ok['mean']:.3f} (n {ok['n']}), p {mw['pvalue']:.3g}")
+      if method == study.EGBP:
+        sh = cell['adv_delta_share']['mann_whitney']
+        lower = mw['pvalue'] < ALPHA and mw['rank_biserial'] < 0
+        toward = att == 'fgsm' or bool(sh and sh['pvalue'] < ALPHA and sh['rank_biserial'] > 0)
+        hits += lower and toward
+        share = cell['adv_delta_share']
+        parts.append(
+            f"{study.ATTACK_LABELS[att]}: Spearman Adv_f {f['mean']:.3f} (n {f['n']}) vs Adv_s "
+            f"{ok['mean']:.3f} (n {ok['n']}), p {mw['pvalue']:.2g}; |delta| share Adv_f "
+            f"{report.fmt((share['failed'] or {}).get('mean'))} vs Adv_s "
+            f"{report.fmt((share['success'] or {}).get('mean'))}"
+            + (f", p {sh['pvalue']:.2g}" if sh else ''))
+      else:
+        r, (low, high) = mw['rank_biserial'], mw['rank_biserial_ci']
+        hits += abs(r) < ALIKE_R and -2 * ALIKE_R < low and high < 2 * ALIKE_R
+        parts.append(f"{study.ATTACK_LABELS[att]}: Adv_f {f['mean']:.3f} (n {f['n']}) vs "
+                     f"Adv_s {ok['mean']:.3f} (n {ok['n']}), r {r:.2f} [{low:.2f}, {high:.2f}]")
     if not tested:
       out.append(report.Claim(text, 'Fig. 5 (qualitative)', 'n/a', 'cannot be tested',
-                              f'no attack had >= {MIN_GROUP} failed and successful images'))
+                              f'no attack had >= {need} failed and successful images'))
     else:
       out.append(report.Claim(text, 'Fig. 5 (qualitative)', '; '.join(parts),
                               _verdict(hits, tested)))
@@ -461,6 +533,22 @@ def report_markdown(s: Mapping[str, Any], config: Mapping[str, Any], *,
             f"{report.with_ci(cell[k]['success'])} "
             f"({report.fmt((cell[k]['all'] or {}).get('mean'))})" for k in study.MAP_METRICS]))
     doc.lines(report.table(('attack', 'method', *study.MAP_METRICS), rows))
+    ctl = s.get('egbp_swapped_control')
+    if ctl:
+      doc.paragraph(
+          'Control for EGBP: the adversarial map explains the adversarial class against its '
+          'runner-up, usually the clean class, so it is close to the swapped complement of the '
+          "clean map by construction. The control map is the clean image's EGBP for the "
+          'adversarial class against the clean class; successful attacks, mean [95 % CI]. '
+          "`share`: the share of |delta| on a map's top pixels (chance "
+          f"{config['overlap_percent'] / 100:.2f}).")
+      doc.lines(report.table(
+          ('attack', 'Spearman adv vs clean map', 'adv vs control map', 'share adv map',
+           'share control map', 'adv minus control share'),
+          [(study.ATTACK_LABELS[att], *[report.with_ci(c[k]) for k in (
+              'adv_vs_clean_spearman', 'adv_vs_swapped_spearman', 'adv_delta_share',
+              'swapped_delta_share', 'adv_minus_swapped_delta_share')])
+           for att, c in ctl.items()]))
   rec = s.get('recovery')
   if 'recovery' in config['experiments']:
     doc.heading('Perturbation recovery (Fig. 4)')
