@@ -15,10 +15,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 
-from advsal_jax import checkpoints
-from advsal_jax import parallel
 from advsal_jax.studies import cli
 from advsal_jax.studies import compare_saliency as study
 from advsal_jax.studies import compare_saliency_report as study_report
@@ -61,16 +58,13 @@ def main(argv):
   logging.info('Study 000 (%s): %s on %s, first %d test images, preset %s; report: %s/report.md',
                study.NAME, ', '.join(cfg.methods), cfg.checkpoint, cfg.num_examples,
                flags.FLAGS.preset, out)
-  study.run(cfg, output_dir=out, data_dir=flags.FLAGS.data_dir, resume=flags.FLAGS.resume)
-  # Only process 0 writes the report, but orbax loads a checkpoint with every process.
-  loaded = checkpoints.load(cfg.checkpoint)[:2] if jax.process_count() > 1 else None
-  if jax.process_index() == 0:
-    report = study_report.finalize(out, data_dir=flags.FLAGS.data_dir,
-                                   model_and_variables=loaded)
-    cli.write_run_info(out, study=study.NAME, seconds=time.time() - t0)
-    print(f'Report written to {report}')
-  parallel.barrier('compare_saliency finished')
-
+  try:  # Settings checked against the model and data, and the output-dir guard.
+    study.run(cfg, output_dir=out, data_dir=flags.FLAGS.data_dir, resume=flags.FLAGS.resume)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  cli.finish(study.NAME, out, checkpoint=cfg.checkpoint, start_time=t0,
+             finalize=lambda loaded: study_report.finalize(
+                 out, data_dir=flags.FLAGS.data_dir, model_and_variables=loaded))
 
 if __name__ == '__main__':
   app.run(main)

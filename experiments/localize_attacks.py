@@ -15,9 +15,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 
-from advsal_jax import parallel
 from advsal_jax.studies import cli
 from advsal_jax.studies import localize_attacks as study
 from advsal_jax.studies import localize_attacks_report as study_report
@@ -78,12 +76,8 @@ def main(argv):
     study.run(cfg, output_dir=out, data_dir=flags.FLAGS.data_dir, resume=flags.FLAGS.resume)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  if jax.process_index() == 0:
-    report = study_report.finalize(out)
-    cli.write_run_info(out, study=study.NAME, seconds=time.time() - t0)
-    print(f'Report written to {report}')
-  parallel.barrier('localize_attacks finished')
-
+  cli.finish(study.NAME, out, checkpoint=cfg.checkpoint, start_time=t0,
+             finalize=lambda loaded: study_report.finalize(out))
 
 if __name__ == '__main__':
   app.run(main)

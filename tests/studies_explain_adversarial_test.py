@@ -27,6 +27,7 @@ from advsal_jax import saliency
 from advsal_jax.studies import catalog
 from advsal_jax.studies import explain_adversarial as study
 from advsal_jax.studies import explain_adversarial_report as study_report
+from advsal_jax.studies import runner
 from advsal_jax.studies import store
 from testing_utils import linear_apply
 from testing_utils import write_official_cifar
@@ -174,7 +175,7 @@ def test_explain_gives_closed_form_pixel_maps_on_a_linear_model():
   grad = np.stack([weights[..., 2], weights[..., 0]])  # [2, h, w, c]
   cfg = study.Config(method_kwargs={'smoothgrad': {'num_samples': 3},
                                     'integrated_gradients': {'num_steps': 2}})
-  keys = study.example_keys(0, jnp.arange(2), 0)
+  keys = runner.example_keys(0, jnp.arange(2), 0)
   for method, want in (('gradient', grad), ('smoothgrad', grad), (GBP, grad),
                        ('integrated_gradients', np.asarray(x) * grad)):
     got = study.explain(method, linear_apply, params, x, target, keys=keys, layer='', cfg=cfg)
@@ -388,7 +389,7 @@ def test_random_baseline_is_statistically_flat():
     np.testing.assert_allclose(correct[:, r].mean(0), base, atol=4 * 0.5 / np.sqrt(n))
   # The test has power: ranking the brightest pixels first darkens the images.
   fill = study.fill_images(x_adv, 'noise', mean=jnp.zeros(1),
-                           keys=study.example_keys(7, jnp.arange(n), 3))
+                           keys=runner.example_keys(7, jnp.arange(n), 3))
   curves = jax.jit(functools.partial(study.recovery_curves, _brightness_model))
   bright = np.asarray(curves(params, x_adv, x_adv[None, ..., 0], jnp.zeros((n, side, side)),
                              fill, counts))[:, 0] == 1
@@ -539,7 +540,7 @@ def test_a_subset_of_experiments_reports_the_rest_as_untested(smoke_run, experim
                                                               untested):
   config = {**json.loads((smoke_run / 'config.json').read_text()),
             'experiments': list(experiments)}
-  assert study.stages(study.Config.from_json(config)) == stages
+  assert study.stages(runner.config_from_json(study.Config, config)) == stages
   res = {k: v for k, v in study.load_results(smoke_run).items() if k in stages}
   summary = study_report.summarize(res, config)
   text = study_report.report_markdown(summary, config, figures=[])

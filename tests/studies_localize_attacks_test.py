@@ -302,3 +302,19 @@ def test_binary_killed_mid_run_resumes_to_the_same_tables(setup, tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   for name in ('attacks.csv', 'per_example.csv'):
     assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_rank_verdicts_follow_the_confidence_intervals():
+  from advsal_jax.studies import localize_attacks_report as rep  # pylint: disable=g-import-not-at-top
+
+  def st(mean, half):
+    return {'mean': mean, 'ci_low': mean - half, 'ci_high': mean + half}
+
+  apart = {'lime': st(1.2, 0.1), 'guided_backprop': st(2.0, 0.1), 'gradient': st(2.8, 0.1)}
+  assert rep._rank_verdict(apart, 'lime', best=True)[0] == 'holds'
+  assert rep._rank_verdict(apart, 'gradient', best=False)[0] == 'holds'
+  beaten = {'lime': st(2.3, 0.1), 'guided_backprop': st(1.2, 0.1), 'gradient': st(2.5, 0.1)}
+  verdict, why = rep._rank_verdict(beaten, 'lime', best=True)
+  assert verdict == 'does not hold' and 'Guided Backprop' in why
+  assert rep._rank_verdict(beaten, 'gradient', best=False) == (
+      'partly holds', 'the CIs overlap; the means agree')

@@ -19,12 +19,14 @@ import os
 import pathlib
 import resource
 import sys
-from typing import Any, Mapping, Sequence
+import time
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import flags
 from absl import logging
 import jax
 
+from advsal_jax import checkpoints
 from advsal_jax import parallel
 from advsal_jax.studies import store
 
@@ -122,6 +124,27 @@ def write_run_info(output_dir: store.PathLike, *, study: str, seconds: float):
       'study': study, 'argv': sys.argv, 'preset': FLAGS.preset, 'wall_seconds': seconds,
       'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       'devices': [str(d) for d in jax.devices()]})
+
+
+def finish(study: str, output_dir: store.PathLike, *, checkpoint: str,
+           finalize: Callable[[Any], pathlib.Path], start_time: float):
+  """Process 0 writes the report and ``run.json``; every process waits for it.
+
+  Args:
+    study: the study's name.
+    output_dir: the run's directory.
+    checkpoint: the run's checkpoint. A multi-process run loads it on every process (orbax
+      loads collectively) and hands ``(model, variables)`` to ``finalize``; one process
+      hands None and ``finalize`` loads what it needs.
+    finalize: ``finalize(model_and_variables) -> report path``, run by process 0 only.
+    start_time: ``time.time()`` when the binary started (for ``run.json``).
+  """
+  loaded = checkpoints.load(checkpoint)[:2] if jax.process_count() > 1 else None
+  if jax.process_index() == 0:
+    path = finalize(loaded)
+    write_run_info(output_dir, study=study, seconds=time.time() - start_time)
+    print(f'Report written to {path}')
+  parallel.barrier(f'{study} finished')
 
 
 class _OwnRecords(std_logging.Filter):

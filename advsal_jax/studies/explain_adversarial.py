@@ -124,12 +124,6 @@ class Config:
       default_factory=lambda: {m: dict(kw) for m, kw in DEFAULT_METHOD_KWARGS.items()})
   seed: int = 0
 
-  @classmethod
-  def from_json(cls, config: Mapping[str, Any]) -> 'Config':
-    """The settings stored in a run's ``config.json``."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
-                  if k in fields})
 
 
 def with_dataset_budgets(cfg: Config, dataset: str) -> Config:
@@ -204,12 +198,6 @@ def stages(cfg: Config) -> tuple[str, ...]:
   if 'recovery' in cfg.experiments:
     need |= {'attacks', 'recovery'}
   return tuple(s for s in ('pairs', 'attacks', 'maps', 'recovery') if s in need)
-
-
-def example_keys(seed: int, index: jax.Array, stream: int) -> jax.Array:
-  """One typed key per example of ``index`` (i32[B]) for a random ``stream``."""
-  base = jax.random.fold_in(jax.random.key(seed), stream)
-  return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
 
 
 def explain(method: str, apply_fn: ApplyFn, params: Params, x: jax.Array, target: jax.Array,
@@ -393,7 +381,7 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
   hw = x.shape[1:3]
   images = jnp.concatenate([x[None], jnp.moveaxis(x_adv, 1, 0)]).reshape(-1, *x.shape[1:])
   targets = jnp.concatenate([clean_pred[None], adv_pred.T]).reshape(-1)
-  keys = jnp.tile(example_keys(cfg.seed, index, _SMOOTHGRAD_STREAM), 1 + a)
+  keys = jnp.tile(runner.example_keys(cfg.seed, index, _SMOOTHGRAD_STREAM), 1 + a)
   k = overlap_pixels(cfg, hw)
   delta = jnp.abs(jnp.moveaxis(x_adv, 1, 0) - x[None]).sum(-1).reshape(a * b, *hw)
   tiebreak = jnp.tile(uniform_maps(cfg.seed, index, _TIEBREAK_STREAM, hw), (a, 1, 1))
@@ -425,7 +413,7 @@ def maps_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array
 
 def uniform_maps(seed: int, index: jax.Array, stream: int, hw: tuple[int, int]) -> jax.Array:
   """f32[B,H,W] uniform in [0, 1), one draw per example of ``index`` from ``stream``."""
-  return jax.vmap(lambda k: jax.random.uniform(k, hw))(example_keys(seed, index, stream))
+  return jax.vmap(lambda k: jax.random.uniform(k, hw))(runner.example_keys(seed, index, stream))
 
 
 def delta_share(maps: jax.Array, delta: jax.Array, tiebreak: jax.Array, k: int) -> jax.Array:
@@ -468,7 +456,7 @@ def example_maps(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Arr
   b, a = adv_pred.shape
   images = jnp.concatenate([x[:, None], x_adv], axis=1).reshape(-1, *x.shape[1:])
   targets = jnp.concatenate([clean_pred[:, None], adv_pred], axis=1).reshape(-1)
-  keys = jnp.repeat(example_keys(cfg.seed, index, _SMOOTHGRAD_STREAM), 1 + a)
+  keys = jnp.repeat(runner.example_keys(cfg.seed, index, _SMOOTHGRAD_STREAM), 1 + a)
   return {m: explain(m, apply_fn, params, images, targets, keys=keys, layer=layer, cfg=cfg,
                      normalize=True).reshape(b, 1 + a, *x.shape[1:3])
           for m in cfg.methods}
@@ -585,7 +573,7 @@ def recovery_batch(apply_fn: ApplyFn, params: Params, x_adv: jax.Array, adv_pred
   Returns:
     ``recovery_pred`` i32[B,M+1,P].
   """
-  keys = example_keys(cfg.seed, index, _SMOOTHGRAD_STREAM)
+  keys = runner.example_keys(cfg.seed, index, _SMOOTHGRAD_STREAM)
   maps = [explain(m, apply_fn, params, x_adv, adv_pred, keys=keys, layer=layer, cfg=cfg)
           for m in cfg.methods]
   hw = x_adv.shape[1:3]
@@ -595,19 +583,14 @@ def recovery_batch(apply_fn: ApplyFn, params: Params, x_adv: jax.Array, adv_pred
 
   scores = jnp.stack([*maps, uniform(_RANDOM_RANK_STREAM)])
   fill = fill_images(x_adv, cfg.recovery_fill, mean=fill_mean,
-                     keys=example_keys(cfg.seed, index, _NOISE_STREAM))
+                     keys=runner.example_keys(cfg.seed, index, _NOISE_STREAM))
   return {'recovery_pred': recovery_curves(apply_fn, params, x_adv, scores,
                                            uniform(_TIEBREAK_STREAM), fill, num_pixels)}
 
 
-def cam_layer(meta: Mapping[str, Any]) -> str:
-  """The Grad-CAM layer of a checkpoint: its metadata's, else its model's ``last_conv``."""
-  return meta.get('last_conv') or models.get_spec(meta['model']).last_conv
-
-
 def load_results(output_dir: store.PathLike) -> dict[str, dict[str, np.ndarray]]:
   """Every finished stage's shards concatenated: stage -> name -> array (example axis first)."""
-  cfg = Config.from_json(store.read_json(pathlib.Path(output_dir) / 'config.json'))
+  cfg = runner.config_from_json(Config, store.read_json(pathlib.Path(output_dir) / 'config.json'))
   return {s: store.load_shards(output_dir, s) for s in stages(cfg)
           if store.shard_files(output_dir, s)}
 
@@ -653,7 +636,7 @@ def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
   validate(cfg, split_size=len(test.labels), num_classes=num_classes)
   config = {**dataclasses.asdict(cfg), 'model': meta['model'], 'dataset': meta['dataset'],
             'checkpoint_test_accuracy': meta['test_accuracy'], 'class_names': test.class_names,
-            'cam_layer': cam_layer(meta), 'stages': stages(cfg)}
+            'cam_layer': models.cam_layer(meta), 'stages': stages(cfg)}
   out = runner.open_output_dir(output_dir, config, resume=resume)
   mesh = parallel.data_mesh() if mesh is None else mesh
   layer = config['cam_layer']

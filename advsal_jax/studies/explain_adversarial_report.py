@@ -14,6 +14,7 @@ from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax.studies import explain_adversarial as study
 from advsal_jax.studies import report
+from advsal_jax.studies import runner
 from advsal_jax.studies import store
 from advsal_jax.studies import summary as summ
 
@@ -667,7 +668,7 @@ def _figures(out: pathlib.Path, res: Results, s: Mapping[str, Any], config: Mapp
     written.append('figure5_statistics.png')
   if 'maps' not in res:
     return sorted(written)
-  cfg = study.Config.from_json(config)
+  cfg = runner.config_from_json(study.Config, config)
   model, variables = model_and_variables or checkpoints.load(cfg.checkpoint)[:2]
   test = data.load(config['dataset'], 'test', data_dir=data_dir)
   a = res['attacks']
