@@ -79,13 +79,13 @@ def main(argv):
   logging.info('Study 001 (%s): %s on %s, first %d test images, preset %s; report: %s/report.md',
                study.NAME, ', '.join(cfg.experiments), cfg.checkpoint, cfg.num_examples,
                flags.FLAGS.preset, out)
-  try:  # Settings checked against the model and data, and the output-dir guard.
-    study.run(cfg, output_dir=out, data_dir=flags.FLAGS.data_dir, resume=flags.FLAGS.resume)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  cli.finish(study.NAME, out, checkpoint=cfg.checkpoint, start_time=t0,
-             finalize=lambda loaded: study_report.finalize(
-                 out, data_dir=flags.FLAGS.data_dir, model_and_variables=loaded))
+  cli.run_and_finish(
+      study.NAME, out, checkpoint=cfg.checkpoint, start_time=t0,
+      run=lambda: study.run(cfg, output_dir=out, data_dir=flags.FLAGS.data_dir,
+                            resume=flags.FLAGS.resume),
+      finalize=lambda loaded: study_report.finalize(
+          out, data_dir=flags.FLAGS.data_dir, model_and_variables=loaded))
+
 
 if __name__ == '__main__':
   app.run(main)

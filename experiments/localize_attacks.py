@@ -72,12 +72,12 @@ def main(argv):
                'towards class %d on %s, explained by %s; preset %s; report: %s/report.md',
                study.NAME, cfg.num_regions, cfg.num_examples, cfg.target_class, cfg.checkpoint,
                ', '.join(cfg.methods), flags.FLAGS.preset, out)
-  try:  # Settings checked against the model and data, and the output-dir guard.
-    study.run(cfg, output_dir=out, data_dir=flags.FLAGS.data_dir, resume=flags.FLAGS.resume)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  cli.finish(study.NAME, out, checkpoint=cfg.checkpoint, start_time=t0,
-             finalize=lambda loaded: study_report.finalize(out))
+  cli.run_and_finish(
+      study.NAME, out, checkpoint=cfg.checkpoint, start_time=t0,
+      run=lambda: study.run(cfg, output_dir=out, data_dir=flags.FLAGS.data_dir,
+                            resume=flags.FLAGS.resume),
+      finalize=lambda loaded: study_report.finalize(out))
+
 
 if __name__ == '__main__':
   app.run(main)

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -126,19 +127,26 @@ def write_run_info(output_dir: store.PathLike, *, study: str, seconds: float):
       'devices': [str(d) for d in jax.devices()]})
 
 
-def finish(study: str, output_dir: store.PathLike, *, checkpoint: str,
-           finalize: Callable[[Any], pathlib.Path], start_time: float):
-  """Process 0 writes the report and ``run.json``; every process waits for it.
+def run_and_finish(study: str, output_dir: store.PathLike, *, checkpoint: str,
+                   run: Callable[[], Any], finalize: Callable[[Any], pathlib.Path],
+                   start_time: float):
+  """Runs the study, then process 0 writes the report and ``run.json``; all wait for it.
 
   Args:
     study: the study's name.
     output_dir: the run's directory.
+    run: runs the study's stages; a ValueError it raises (settings checked against the
+      model and data, the output directory's guard) ends the binary as a usage error.
     checkpoint: the run's checkpoint. A multi-process run loads it on every process (orbax
       loads collectively) and hands ``(model, variables)`` to ``finalize``; one process
       hands None and ``finalize`` loads what it needs.
     finalize: ``finalize(model_and_variables) -> report path``, run by process 0 only.
     start_time: ``time.time()`` when the binary started (for ``run.json``).
   """
+  try:
+    run()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   loaded = checkpoints.load(checkpoint)[:2] if jax.process_count() > 1 else None
   if jax.process_index() == 0:
     path = finalize(loaded)
@@ -182,7 +190,6 @@ def start() -> None:
   Raises:
     absl.app.UsageError: inconsistent distributed flags.
   """
-  from absl import app  # pylint: disable=g-import-not-at-top
   quiet_other_libraries()
   try:
     parallel.maybe_initialize_distributed(
