@@ -9,6 +9,7 @@ from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax import models
 from advsal_jax import parallel
+from advsal_jax import perturbation
 from advsal_jax import rewrites
 from advsal_jax import saliency
 from advsal_jax import training
@@ -26,6 +27,7 @@ __all__ = [
     'metrics',
     'models',
     'parallel',
+    'perturbation',
     'rewrites',
     'saliency',
     'training',
