@@ -7,6 +7,7 @@ the project live in ``checkpoints/<model name>/`` at the repository root, or und
 ``$ADVSAL_CHECKPOINT_DIR``.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -17,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from advsal_jax import models
+from advsal_jax.studies import store
 
 CHECKPOINT_DIR_ENV = 'ADVSAL_CHECKPOINT_DIR'
 METADATA_FILE = 'metadata.json'
@@ -45,9 +47,14 @@ def resolve(name_or_path: str | os.PathLike) -> pathlib.Path:
 
 def manager(directory: str | os.PathLike, *, max_to_keep: int | None = None
             ) -> ocp.CheckpointManager:
-  """An orbax ``CheckpointManager`` over ``directory`` (created if missing)."""
+  """An orbax ``CheckpointManager`` over ``directory`` (created if missing).
+
+  Its items are pytrees of the ``StandardCheckpointHandler``, whose stored shapes
+  ``item_metadata`` reads without restoring.
+  """
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(pathlib.Path(directory).resolve(), options=options)
+  return ocp.CheckpointManager(pathlib.Path(directory).resolve(), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save_state(mngr: ocp.CheckpointManager, step: int, state: Any):
@@ -65,11 +72,39 @@ def restore_state(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | 
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
+def weights_sha256(directory: str | os.PathLike, step: int) -> dict[str, str]:
+  """SHA-256 of every file of the orbax step ``step`` of the checkpoint at ``directory``.
+
+  Returns:
+    ``{path relative to directory (POSIX): hex digest}`` for the files under
+    ``orbax/<step>/``, sorted by path; ``save`` records it in ``metadata.json`` as
+    ``weights_sha256`` and ``load`` checks it.
+  """
+  directory = pathlib.Path(directory)
+  files = sorted(f for f in (directory / _ORBAX_SUBDIR / str(step)).rglob('*') if f.is_file())
+  return {f.relative_to(directory).as_posix(): _sha256(f) for f in files}
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as fh:
+    for block in iter(lambda: fh.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _write_metadata(directory: pathlib.Path, metadata: dict):
+  store.write_text(directory / METADATA_FILE,
+                   json.dumps(metadata, indent=2, sort_keys=True) + '\n')
+
+
 def save(directory: str | os.PathLike, *, model_name: str, variables: Any,
          metadata: dict, step: int = 0) -> pathlib.Path:
   """Writes ``variables`` of registered model ``model_name`` plus ``metadata.json``.
 
-  The metadata file is written last (atomically), so a directory with metadata is complete.
+  orbax writes the step into a temporary directory and renames it into place when complete;
+  ``metadata.json``, with the SHA-256 of every weight file (``weights_sha256``), is written
+  after it, atomically, so a directory with metadata is complete.
 
   Returns:
     The checkpoint directory.
@@ -78,15 +113,123 @@ def save(directory: str | os.PathLike, *, model_name: str, variables: Any,
   directory = pathlib.Path(directory).resolve()
   directory.mkdir(parents=True, exist_ok=True)
   save_state(manager(directory / _ORBAX_SUBDIR, max_to_keep=1), step, variables)
-  meta = {**metadata, 'model': model_name, 'step': step}
-  tmp = directory / (METADATA_FILE + '.tmp')
-  tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
-  tmp.replace(directory / METADATA_FILE)
+  _write_metadata(directory, {**metadata, 'model': model_name, 'step': step,
+                              'weights_sha256': weights_sha256(directory, step)})
   return directory
+
+
+def record_weights_sha256(name_or_path: str | os.PathLike) -> dict[str, str]:
+  """Adds ``weights_sha256`` to the ``metadata.json`` of a checkpoint saved without it.
+
+  For trusted checkpoints written before ``save`` recorded checksums (the committed ones got
+  theirs this way): the digests are taken from the files as they are now. A checkpoint that
+  already has them is verified instead and left unchanged.
+
+  Args:
+    name_or_path: a registered model name or a checkpoint directory (see ``resolve``).
+
+  Returns:
+    The recorded ``{relative path: SHA-256}``.
+
+  Raises:
+    CheckpointError: no readable metadata, no orbax step, or recorded checksums that do not
+      match the files.
+  """
+  directory = resolve(name_or_path)
+  metadata = _read_metadata(directory)
+  step = _step(directory, metadata)
+  if 'weights_sha256' in metadata:
+    _verify_weights(directory, metadata)
+    return metadata['weights_sha256']
+  sums = weights_sha256(directory, step)
+  if not sums:
+    raise CheckpointError(f'{directory / _ORBAX_SUBDIR / str(step)} holds no weight files.')
+  _write_metadata(directory, {**metadata, 'weights_sha256': sums})
+  return sums
+
+
+def _read_metadata(directory: pathlib.Path) -> dict:
+  """The metadata dict of the checkpoint at ``directory`` (a registered model named)."""
+  meta_file = directory / METADATA_FILE
+  if not meta_file.exists():
+    raise CheckpointError(
+        f'No checkpoint at {directory} ({METADATA_FILE} missing). Pass a registered model name '
+        f'with a trained checkpoint under {default_dir()} or a checkpoint directory; train one '
+        'with experiments/train.py.')
+  try:
+    metadata = json.loads(meta_file.read_bytes())
+  except ValueError as e:  # JSONDecodeError or UnicodeDecodeError.
+    raise CheckpointError(f'{meta_file} is not valid JSON: {e}.') from e
+  if not isinstance(metadata, dict):
+    raise CheckpointError(f'{meta_file} must hold a JSON object, got {type(metadata).__name__}.')
+  name = metadata.get('model')
+  if name not in models.MODELS:
+    raise CheckpointError(f'{meta_file} names model {name!r}, not one of {sorted(models.MODELS)}.')
+  return metadata
+
+
+def _step(directory: pathlib.Path, metadata: dict) -> int:
+  """The orbax step named by ``metadata``, checked to be a directory of the checkpoint."""
+  step = metadata.get('step')
+  if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    raise CheckpointError(f'{directory / METADATA_FILE}: step must be an int >= 0, got '
+                          f'{step!r}.')
+  step_dir = directory / _ORBAX_SUBDIR / str(step)
+  if not step_dir.is_dir():
+    raise CheckpointError(f'{directory} has metadata but no weights ({step_dir} missing).')
+  return step
+
+
+def _verify_weights(directory: pathlib.Path, metadata: dict):
+  """Checks every file recorded in ``weights_sha256`` against its digest.
+
+  Files of the step that are not recorded are not read: orbax reaches the arrays through the
+  recorded manifests, so they cannot change the weights.
+  """
+  meta_file = directory / METADATA_FILE
+  sums = metadata.get('weights_sha256')
+  if not isinstance(sums, dict) or not sums:
+    raise CheckpointError(
+        f'{meta_file} records no weights_sha256, so the weights cannot be verified. If the '
+        f'checkpoint is trusted, record them with checkpoints.record_weights_sha256({str(directory)!r}).')
+  for rel, want in sorted(sums.items()):
+    path = directory / rel
+    if not path.resolve().is_relative_to(directory):
+      raise CheckpointError(f'{meta_file} records {rel!r}, a path outside {directory}.')
+    if not path.is_file():
+      raise CheckpointError(f'{path} is missing: {meta_file} records it as part of the '
+                            'weights (the checkpoint is incomplete).')
+    got = _sha256(path)
+    if got != want:
+      raise CheckpointError(f'{path} is corrupt: its SHA-256 is {got}, {meta_file} records '
+                            f'{want} (truncated, modified or from another checkpoint).')
+
+
+def _check_architecture(mngr: ocp.CheckpointManager, step: int, abstract: Any,
+                        meta_file: pathlib.Path, name: str):
+  """Compares the stored array shapes and dtypes with those of ``name`` before restoring."""
+  def arrays(tree):
+    return {jax.tree_util.keystr(k, simple=True, separator='/'): (tuple(v.shape), str(v.dtype))
+            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  stored, wanted = arrays(mngr.item_metadata(step)), arrays(abstract)
+  if stored != wanted:
+    missing = sorted(wanted.keys() - stored.keys())
+    extra = sorted(stored.keys() - wanted.keys())
+    differ = sorted(k for k in wanted.keys() & stored.keys() if wanted[k] != stored[k])
+    raise CheckpointError(
+        f'{meta_file} names model {name!r}, but the weights in {mngr.directory / str(step)} '
+        f'are of another architecture: {len(missing)} arrays of {name!r} missing (e.g. '
+        f'{missing[:2]}), {len(extra)} arrays not in {name!r} (e.g. {extra[:2]}), '
+        f'{len(differ)} of another shape or dtype (e.g. '
+        f'{[(k, "stored", stored[k], "expected", wanted[k]) for k in differ[:2]]}).')
 
 
 def load(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, dict]:
   """Loads a checkpoint by registered model name or directory.
+
+  The weight files are checked against the SHA-256 digests in ``metadata.json``, and their
+  array shapes against the architecture it names, before anything is restored.
 
   Args:
     name_or_path: e.g. ``'alexnet_cifar'`` (looked up in ``default_dir()``) or a directory.
@@ -95,23 +238,15 @@ def load(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, dict]:
     ``(model, variables, metadata)``; ``model.apply(variables, x)`` gives logits.
 
   Raises:
-    CheckpointError: the directory, its metadata or its weights are missing, truncated or
-      do not match the registered architecture.
+    CheckpointError: naming the file or directory, when the directory, its metadata or its
+      weights are missing, truncated, modified (a SHA-256 mismatch) or do not match the
+      registered architecture.
   """
   directory = resolve(name_or_path)
-  meta_file = directory / METADATA_FILE
-  if not meta_file.exists():
-    raise CheckpointError(
-        f'No checkpoint at {directory} ({METADATA_FILE} missing). Pass a registered model name '
-        f'with a trained checkpoint under {default_dir()} or a checkpoint directory; train one '
-        'with experiments/train.py.')
-  try:
-    metadata = json.loads(meta_file.read_text())
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f'{meta_file} is not valid JSON: {e}.') from e
-  name = metadata.get('model')
-  if name not in models.MODELS:
-    raise CheckpointError(f'{meta_file} names model {name!r}, not one of {sorted(models.MODELS)}.')
+  metadata = _read_metadata(directory)
+  step = _step(directory, metadata)
+  _verify_weights(directory, metadata)
+  name = metadata['model']
   model = models.create(name)
   abstract = jax.eval_shape(lambda: models.init(name, jax.random.key(0))[1])
   # Restore onto this process's first device: the saved sharding names the device that wrote
@@ -121,14 +256,15 @@ def load(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, dict]:
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                           abstract)
   orbax_dir = directory / _ORBAX_SUBDIR
-  if not orbax_dir.is_dir():
-    raise CheckpointError(f'{directory} has metadata but no weights ({orbax_dir} missing).')
+  mngr = manager(orbax_dir)
   try:
-    variables = restore_state(manager(orbax_dir), abstract, metadata.get('step'))
+    _check_architecture(mngr, step, abstract, directory / METADATA_FILE, name)
+    variables = restore_state(mngr, abstract, step)
   except CheckpointError:
     raise
   except Exception as e:  # orbax raises many types; the user needs to know which file.
     raise CheckpointError(
         f'Could not restore the weights of {name!r} from {orbax_dir}: the checkpoint is '
-        f'truncated or does not match the architecture ({type(e).__name__}: {e}).') from e
+        f'truncated or does not match the architecture ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""}).') from e
   return model, variables, metadata

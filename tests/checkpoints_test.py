@@ -1,7 +1,9 @@
 """Tests of advsal_jax.checkpoints and of the committed, trained checkpoints."""
 
+import hashlib
 import json
-import shutil
+import os
+import pathlib
 
 import jax
 import numpy as np
@@ -37,20 +39,63 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     checkpoints.load(tmp_path / 'nothing_here')
 
 
-def test_truncated_checkpoint_is_a_clear_error(tmp_path):
-  _, _, path = _saved(tmp_path)
-  shutil.rmtree(path / 'orbax' / '3' / 'default')
-  with pytest.raises(checkpoints.CheckpointError, match='truncated or does not match'):
-    checkpoints.load(path)
+def _independent_sha256(directory, step):
+  """SHA-256 of every file under orbax/<step>/, walked with os.walk."""
+  out = {}
+  for root, _, files in os.walk(directory / 'orbax' / str(step)):
+    for f in files:
+      path = pathlib.Path(root) / f
+      out[path.relative_to(directory).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return out
 
 
-def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
+def test_save_records_the_sha256_of_every_weight_file(tmp_path):
   _, _, path = _saved(tmp_path)
   meta = json.loads((path / 'metadata.json').read_text())
-  meta['model'] = 'alexnet_cifar'
+  want = _independent_sha256(path, 3)
+  assert meta['weights_sha256'] == want
+  assert any('/d/' in f for f in want) and any(f.endswith('manifest.ocdbt') for f in want)
+
+
+def test_record_weights_sha256_adds_what_save_would_have(tmp_path):
+  _, _, path = _saved(tmp_path)
+  meta = json.loads((path / 'metadata.json').read_text())
+  saved_sums = meta.pop('weights_sha256')
   (path / 'metadata.json').write_text(json.dumps(meta))
-  with pytest.raises(checkpoints.CheckpointError, match="'alexnet_cifar'"):
+  with pytest.raises(checkpoints.CheckpointError, match='records no weights_sha256'):
     checkpoints.load(path)
+  assert checkpoints.record_weights_sha256(path) == saved_sums
+  assert json.loads((path / 'metadata.json').read_text()) == {**meta, 'weights_sha256': saved_sums}
+  checkpoints.load(path)
+
+
+def test_save_writes_metadata_atomically(tmp_path, monkeypatch):
+  _, variables, path = _saved(tmp_path)
+  before = (path / 'metadata.json').read_text()
+
+  def fail(fd):
+    raise OSError('disk full')
+
+  # A failure while the new metadata is made durable leaves the old file whole, and no
+  # temporary file beside it.
+  monkeypatch.setattr(os, 'fsync', fail)
+  with pytest.raises(OSError, match='disk full'):
+    checkpoints.save(path, model_name='cnn_mnist', variables=variables,
+                     metadata={'test_accuracy': 0.2}, step=4)
+  assert (path / 'orbax' / '4').is_dir()  # orbax finished: the metadata write failed.
+  assert (path / 'metadata.json').read_text() == before
+  assert sorted(p.name for p in path.iterdir()) == ['metadata.json', 'orbax']
+  # The old metadata never vouches for the new weights (orbax kept only step 4).
+  with pytest.raises(checkpoints.CheckpointError, match='orbax/3 missing'):
+    checkpoints.load(path)
+
+
+@pytest.mark.parametrize('name', sorted(TARGET_ACCURACY))
+def test_committed_checkpoint_weights_match_their_sha256(name):
+  path = checkpoints.default_dir() / name
+  meta = json.loads((path / 'metadata.json').read_text())
+  assert meta['weights_sha256'] == _independent_sha256(path, meta['step'])
+  checkpoints.load(name)
 
 
 @pytest.mark.parametrize('name', sorted(TARGET_ACCURACY))
