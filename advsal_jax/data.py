@@ -12,7 +12,8 @@ import hashlib
 import os
 import pathlib
 import pickle
-from typing import Iterator, NamedTuple
+import zlib
+from typing import Any, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,32 +62,109 @@ def offline_files(name: str, split: str, root: str | os.PathLike) -> list[pathli
   return [root / _MNIST_SUBDIR / f for f in _MNIST_FILES[split]]
 
 
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+  """Stands in for ``_codecs.encode``, which Python 3 pickles bytes through at protocol 2.
+
+  Only the 'latin1' encoding those pickles name is accepted, so no codec is looked up.
+  """
+  if encoding != 'latin1':
+    raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}; only 'latin1' "
+                                 'is accepted.')
+  return text.encode('latin1')
+
+
+_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's array rebuilder, wherever numpy keeps it.
+# The globals an official CIFAR-10 batch references (arrays are rebuilt through numpy's
+# _reconstruct, under its numpy 1 name or its numpy 2 one), plus the latin1 encoder of bytes
+# in a batch re-pickled by Python 3 at the official protocol 2. Nothing else is importable.
+_CIFAR_GLOBALS = {
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    ('numpy.core.multiarray', '_reconstruct'): _RECONSTRUCT,
+    ('numpy._core.multiarray', '_reconstruct'): _RECONSTRUCT,
+    ('_codecs', 'encode'): _latin1_bytes,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """Unpickles only dicts, lists, bytes, numbers and numpy arrays (``_CIFAR_GLOBALS``)."""
+
+  def find_class(self, module: str, name: str):
+    if (module, name) not in _CIFAR_GLOBALS:
+      allowed = ', '.join(sorted(f'{m}.{n}' for m, n in _CIFAR_GLOBALS))
+      raise pickle.UnpicklingError(
+          f'refused to import {module}.{name}: an official CIFAR-10 batch references only '
+          f'{allowed}. The file was not unpickled further; do not trust it')
+    return _CIFAR_GLOBALS[(module, name)]
+
+
+def _unpickle_cifar(path: pathlib.Path) -> Any:
+  """Unpickles an official CIFAR-10 python-version file with ``_CifarUnpickler``.
+
+  Raises:
+    ValueError: naming ``path``, for a file that is not such a pickle (truncated, corrupt,
+      or referencing anything but numpy arrays).
+  """
+  try:
+    with open(path, 'rb') as fh:
+      return _CifarUnpickler(fh, encoding='bytes').load()
+  except OSError:  # A missing or unreadable file is reported as such.
+    raise
+  except Exception as e:  # Whatever a broken or hostile pickle raises, name the file.
+    raise ValueError(f'{path}: not a readable CIFAR-10 python-version pickle '
+                     f'({type(e).__name__}: {e}).') from e
+
+
+def _cifar_batch(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """Images uint8[N,32,32,3] and labels int32[N] of one official CIFAR-10 batch file."""
+  batch = _unpickle_cifar(path)
+  if not isinstance(batch, dict) or not {b'data', b'labels'} <= batch.keys():
+    keys = f' with keys {list(batch)[:8]}' if isinstance(batch, dict) else ''
+    raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels', got "
+                     f'{type(batch).__name__}{keys}.')
+  data, labels = batch[b'data'], batch[b'labels']
+  if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+      or data.shape[1] != 3072):
+    raise ValueError(f"{path}: expected b'data' to be uint8[N, 3072], got "
+                     f'{getattr(data, "dtype", type(data).__name__)} of shape '
+                     f'{getattr(data, "shape", None)}.')
+  if (not isinstance(labels, list) or len(labels) != len(data)
+      or not all(type(v) is int and 0 <= v < 10 for v in labels)):
+    raise ValueError(f"{path}: expected b'labels' to be a list of {len(data)} ints in [0, 10), "
+                     f"one per row of b'data', got {type(labels).__name__} of length "
+                     f'{len(labels) if isinstance(labels, list) else None}.')
+  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels, np.int32)
+
+
 def _read_cifar(files: list[pathlib.Path]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-  images, labels = [], []
-  for f in files:
-    with open(f, 'rb') as fh:
-      batch = pickle.load(fh, encoding='bytes')
-    data = np.asarray(batch[b'data'], np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3072:
-      raise ValueError(f'{f}: expected data of shape [N, 3072], got {data.shape}.')
-    images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    labels.append(np.asarray(batch[b'labels'], np.int32))
+  images, labels = zip(*(_cifar_batch(f) for f in files))
   meta_file = files[0].parent / 'batches.meta'
-  with open(meta_file, 'rb') as fh:
-    meta = pickle.load(fh, encoding='bytes')
-  names = tuple(n.decode() for n in meta[b'label_names'])
-  return np.concatenate(images), np.concatenate(labels), names
+  meta = _unpickle_cifar(meta_file)
+  names = meta.get(b'label_names') if isinstance(meta, dict) else None
+  if (not isinstance(names, list) or len(names) != 10
+      or not all(isinstance(n, bytes) for n in names)):
+    raise ValueError(f"{meta_file}: expected a dict whose b'label_names' lists 10 class names "
+                     'as bytes.')
+  return np.concatenate(images), np.concatenate(labels), tuple(n.decode('latin1') for n in names)
 
 
 def _read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
-  with gzip.open(path, 'rb') as fh:
-    raw = fh.read()
+  try:
+    with gzip.open(path, 'rb') as fh:
+      raw = fh.read()
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise ValueError(f'{path}: not a readable gzip file, truncated or corrupt '
+                     f'({type(e).__name__}: {e}).') from e
   got = int.from_bytes(raw[:4], 'big')
-  if got != magic:
+  if len(raw) < 4 or got != magic:
     raise ValueError(f'{path}: IDX magic number {got}, expected {magic}.')
   ndim = raw[3]
+  header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise ValueError(f'{path}: {len(raw)} bytes, shorter than its {header}-byte IDX header '
+                     '(truncated?).')
   dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim)]
-  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  data = np.frombuffer(raw, np.uint8, offset=header)
   if data.size != np.prod(dims):
     raise ValueError(f'{path}: header says {dims} but holds {data.size} values (truncated?).')
   return data.reshape(dims)
@@ -94,9 +172,13 @@ def _read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
 
 def _read_mnist(files: list[pathlib.Path]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   images = _read_idx(files[0], 2051)[..., None]
+  if images.shape[1:] != (28, 28, 1):
+    raise ValueError(f'{files[0]}: expected 28x28 images, got {images.shape[1:3]}.')
   labels = _read_idx(files[1], 2049).astype(np.int32)
   if len(images) != len(labels):
     raise ValueError(f'{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels.')
+  if labels.size and labels.max() > 9:
+    raise ValueError(f'{files[1]}: labels must be digits 0-9, got {labels.max()}.')
   return images, labels, MNIST_CLASSES
 
 
@@ -125,7 +207,9 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None) ->
     ``labels int32[N]`` and the class names, in the official order.
 
   Raises:
-    ValueError: unknown name/split, or a corrupt file.
+    ValueError: unknown name/split, or a truncated, corrupt or hostile file (the message
+      names it). CIFAR-10 pickles are read by an unpickler that imports nothing but numpy's
+      array rebuilders, so a crafted pickle is refused before it can run anything.
     FileNotFoundError: ``data_dir`` (or ``$ADVSAL_DATA_DIR``) was given but lacks the files.
   """
   _check_name_split(name, split)
