@@ -1,9 +1,15 @@
 """Argument checks of the saliency methods and the attacks, run before any compilation.
 
-Shapes and dtypes are always checked; values only when they are concrete (a value traced
-under ``jax.jit`` cannot be inspected, so the checks cost nothing while tracing). The number
-of classes comes from ``jax.eval_shape`` (a trace, no compilation). Every error names the
-argument, what was expected and what came.
+Shapes and dtypes are always checked; values (NaN/inf, the pixel range, label ranges,
+budgets) only when they are concrete: a value traced under ``jax.jit`` cannot be inspected,
+so under jit only the shape and dtype checks run. The number of classes comes from
+``jax.eval_shape`` (a trace, no compilation). Every error names the argument, what was
+expected and what came.
+
+Images must be floating point: integer images (e.g. uint8 in [0, 255]) raise a TypeError
+rather than being rescaled silently. Any float dtype is accepted and converted by JAX on
+entry; with JAX's default (x64 disabled) float64 images are computed in float32, with the
+same result as float32 images.
 """
 
 from typing import Any
@@ -50,19 +56,76 @@ def num_classes(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike) -> i
   return int(out.shape[1])
 
 
-def check_images(x: jax.typing.ArrayLike):
-  """Checks ``x`` is a floating-point batch of images [B,H,W,C].
+def check_images(x: jax.typing.ArrayLike, *, name: str = 'x'):
+  """Checks ``x`` is a non-empty floating-point batch of images [B,H,W,C].
 
   Raises:
-    ValueError: ``x`` is not of rank 4.
+    ValueError: ``x`` is not of rank 4 or has an empty axis (e.g. a batch of zero).
     TypeError: ``x`` is not floating point.
   """
   shape = tuple(np.shape(x))
   if len(shape) != 4:
-    raise ValueError(f'x must be a batch of images f32[B,H,W,C], got shape {shape} '
+    raise ValueError(f'{name} must be a batch of images f32[B,H,W,C], got shape {shape} '
                      f'(rank {len(shape)}); add a batch axis for a single image.')
+  if 0 in shape:
+    raise ValueError(f'{name} must hold at least one image of at least one pixel and channel '
+                     f'(B, H, W, C >= 1), got shape {shape}.')
   if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-    raise TypeError(f'x must be floating point, got dtype {jnp.result_type(x)}.')
+    raise TypeError(f'{name} must be floating point, got dtype {jnp.result_type(x)}; divide '
+                    'uint8 images by 255.')
+
+
+def check_finite(x: jax.typing.ArrayLike, *, name: str):
+  """Checks that concrete ``x`` has no NaN or inf; a no-op while tracing.
+
+  Raises:
+    ValueError: NaN or inf values.
+  """
+  if not is_concrete(x):
+    return
+  finite = np.isfinite(np.asarray(x))
+  if not finite.all():
+    raise ValueError(f'{name} must be finite, got {finite.size - finite.sum()} NaN or inf '
+                     'values.')
+
+
+def check_pixels(x: jax.typing.ArrayLike, *, bounds: tuple[float, float] = (0.0, 1.0),
+                 name: str = 'x'):
+  """Checks that concrete ``x`` is finite and within ``bounds`` (1e-6 slack); no-op if traced.
+
+  Raises:
+    ValueError: NaN/inf or values outside ``bounds``.
+  """
+  if not is_concrete(x):
+    return
+  check_finite(x, name=name)
+  arr = np.asarray(x)
+  lo, hi = bounds
+  if arr.size and (arr.min() < lo - 1e-6 or arr.max() > hi + 1e-6):
+    raise ValueError(f'{name} must lie within bounds [{lo}, {hi}], got values in '
+                     f'[{arr.min():.4g}, {arr.max():.4g}].')
+
+
+def check_scalar(value: Any, name: str, *, positive: bool = False):
+  """Checks a scalar hyper-parameter: finite and >= 0 (> 0 with ``positive``) when concrete.
+
+  Raises:
+    TypeError: a value that is not a real number (bools are refused).
+    ValueError: a non-scalar, NaN/inf or a negative (non-positive) value.
+  """
+  try:
+    dtype = jnp.result_type(value)
+  except TypeError:
+    dtype = None
+  if isinstance(value, bool) or dtype is None or not (
+      jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+    raise TypeError(f'{name} must be a real number, got {value!r}.')
+  if np.shape(value) != ():
+    raise ValueError(f'{name} must be a scalar, got shape {np.shape(value)}.')
+  if is_concrete(value):
+    v = float(value)
+    if not np.isfinite(v) or v < 0 or (positive and v == 0):
+      raise ValueError(f'{name} must be finite and {"> 0" if positive else ">= 0"}, got {v}.')
 
 
 def check_labels(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
@@ -102,12 +165,16 @@ def check_labels(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
 
 def check_classifier_inputs(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
                             labels: jax.typing.ArrayLike, *, name: str = 'labels') -> int:
-  """``check_images(x)`` then ``check_labels(...)``; returns the number of classes K.
+  """``check_images(x)``, ``check_pixels(x)`` (in [0, 1]) then ``check_labels(...)``.
+
+  Returns:
+    The number of classes K.
 
   Raises:
-    ValueError, TypeError: as ``check_images`` and ``check_labels``.
+    ValueError, TypeError: as ``check_images``, ``check_pixels`` and ``check_labels``.
   """
   check_images(x)
+  check_pixels(x)
   return check_labels(apply_fn, params, x, labels, name=name)
 
 
@@ -183,13 +250,7 @@ def check_attack_inputs(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLi
   """
   lo, hi = check_bounds(bounds)
   check_images(x)
-  if is_concrete(x):
-    arr = np.asarray(x)
-    if not np.isfinite(arr).all():
-      raise ValueError('x contains NaN or inf.')
-    if arr.size and (arr.min() < lo - 1e-6 or arr.max() > hi + 1e-6):
-      raise ValueError(f'x must lie within bounds [{lo}, {hi}], got values in '
-                       f'[{arr.min():.4g}, {arr.max():.4g}].')
+  check_pixels(x, bounds=(lo, hi))
   check_labels(apply_fn, params, x, labels, name='labels')
   if mask is not None:
     shape = np.shape(x)

@@ -40,8 +40,8 @@ def evaluate_attack(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
     params: model variables.
-    x: f32[B, H, W, C] clean inputs.
-    x_adv: f32[B, H, W, C] adversarial inputs.
+    x: f32[B, H, W, C] clean inputs; finite (checked when concrete).
+    x_adv: f32[B, H, W, C] adversarial inputs; finite (checked when concrete).
     labels: i32[B]: true classes (untargeted) or target classes (targeted).
     targeted: whether ``labels`` are targets.
 
@@ -49,11 +49,16 @@ def evaluate_attack(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     An ``AttackEvaluation`` of per-example arrays.
 
   Raises:
-    ValueError: if x and x_adv differ in shape, or on invalid labels.
-    TypeError: for non-integer labels.
+    ValueError: if x and x_adv differ in shape, are not non-empty [B,H,W,C] batches or hold
+      NaN/inf, or on invalid labels.
+    TypeError: for non-float images or non-integer labels.
   """
+  _checks.check_images(x)
   if np.shape(x) != np.shape(x_adv):
     raise ValueError(f'x_adv must have the shape of x {np.shape(x)}, got {np.shape(x_adv)}.')
+  _checks.check_images(x_adv, name='x_adv')
+  _checks.check_finite(x, name='x')
+  _checks.check_finite(x_adv, name='x_adv')
   _checks.check_labels(apply_fn, params, x, labels, name='labels')
   x = jnp.asarray(x)
   x_adv = jnp.asarray(x_adv)

@@ -13,6 +13,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from advsal_jax import _checks
 
 Body = Callable[[Any, Any], Any]
 Active = Callable[[Any, Any], jax.Array]
@@ -44,10 +47,23 @@ def shrinking_while_loop(body: Body, active: Active, carry: Any, consts: Any, *,
 
   Returns:
     The final carry, leading axis B.
+
+  Raises:
+    ValueError: ``max_iter < 0``, ``shrink < 2``, or ``carry``/``consts`` without arrays of
+      one leading batch axis B >= 1.
+    TypeError: ``max_iter`` or ``shrink`` not a Python int.
   """
-  if shrink < 2:
-    raise ValueError(f'shrink must be >= 2, got {shrink}.')
+  _checks.check_count(max_iter, 'max_iter', minimum=0)
+  _checks.check_count(shrink, 'shrink', minimum=2)
+  for name, tree in (('carry', carry), ('consts', consts)):
+    leading = {np.shape(a)[0] if np.ndim(a) else 0 for a in jax.tree.leaves(tree)}
+    if len(leading) != 1 or 0 in leading:
+      raise ValueError(f'{name} must be a non-empty pytree of arrays with one leading batch '
+                       f'axis B >= 1, got shapes {jax.tree.map(np.shape, tree)}.')
   batch = jax.tree.leaves(carry)[0].shape[0]
+  if jax.tree.leaves(consts)[0].shape[0] != batch:
+    raise ValueError(f'consts must have the batch axis B={batch} of carry, got shapes '
+                     f'{jax.tree.map(np.shape, consts)}.')
   sizes = stage_sizes(batch, shrink)
   it = jnp.int32(0)
   for stage, size in enumerate(sizes):

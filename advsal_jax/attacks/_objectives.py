@@ -10,6 +10,7 @@ from typing import Callable, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from advsal_jax import rewrites
@@ -17,6 +18,25 @@ from advsal_jax.types import ApplyFn, Params
 
 Objective = Callable[[jax.Array, jax.Array], jax.Array]
 """``(logits f32[B,K], labels i32[B]) -> f32[B]``, larger = ``labels`` less favoured."""
+
+
+def _check_logits_labels(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike):
+  """Shape and dtype checks of an objective's arguments (they also run under ``jax.jit``).
+
+  Label values are not checked: objectives are evaluated on traced arrays inside the attacks,
+  which check their labels' range before tracing.
+  """
+  shape = np.shape(logits)
+  if len(shape) != 2 or 0 in shape:
+    raise ValueError(f'logits must be f32[B,K] with B, K >= 1, got shape {shape}.')
+  if not jnp.issubdtype(jnp.result_type(logits), jnp.floating):
+    raise TypeError(f'logits must be floating point, got dtype {jnp.result_type(logits)}.')
+  if np.shape(labels) != shape[:1]:
+    raise ValueError(f'labels must be i32[B] with B={shape[0]} (one per row of logits), got '
+                     f'shape {np.shape(labels)}.')
+  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+    raise TypeError(f'labels must be integer class indices, got dtype '
+                    f'{jnp.result_type(labels)}.')
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -28,7 +48,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
   Returns:
     f32[B], >= 0.
+
+  Raises:
+    ValueError, TypeError: ``logits`` not a float [B, K] array or ``labels`` not integer
+      [B] (checked on shapes and dtypes, also under ``jax.jit``).
   """
+  _check_logits_labels(logits, labels)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
@@ -44,9 +69,13 @@ def cw_margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
   Returns:
     f32[B].
 
+  Raises:
+    ValueError, TypeError: as ``cross_entropy``.
+
   References:
     Carlini & Wagner, Towards Evaluating the Robustness of Neural Networks, arXiv:1608.04644.
   """
+  _check_logits_labels(logits, labels)
   onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
   label_logit = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
   other = jnp.max(jnp.where(onehot, -jnp.inf, logits), axis=-1)

@@ -132,11 +132,12 @@ def sim_ratio(a: ArrayLike, b: ArrayLike, *, threshold: float = 0.0) -> jax.Arra
     f32[B] in [0, 1]; 1 for identical maps.
 
   Raises:
-    ValueError: shapes differ, fewer than 2 dims, empty, non-finite, or a negative threshold.
+    ValueError: shapes differ, fewer than 2 dims, empty, non-finite, or a negative or
+      non-finite threshold.
     TypeError: a non-real dtype.
   """
-  if not isinstance(threshold, (int, float)) or threshold < 0:
-    raise ValueError(f'threshold must be a number >= 0; got {threshold!r}.')
+  if not isinstance(threshold, (int, float)) or not 0 <= threshold < float('inf'):
+    raise ValueError(f'threshold must be a finite number >= 0; got {threshold!r}.')
   a, b = _checks.check_pair(a, b)
   return hamming_likeness(jnp.abs(a) > threshold, jnp.abs(b) > threshold)
 

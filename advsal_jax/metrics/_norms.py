@@ -32,11 +32,11 @@ def l0_norm(delta: ArrayLike, *, atol: float = 0.0, per_pixel: bool = False) -> 
 
   Raises:
     ValueError: ``delta`` has fewer than 2 dims (4 with ``per_pixel``), is empty or
-      non-finite, or ``atol`` < 0.
+      non-finite, or ``atol`` is negative or not finite.
     TypeError: a non-real dtype.
   """
-  if not isinstance(atol, (int, float)) or atol < 0:
-    raise ValueError(f'atol must be a number >= 0; got {atol!r}.')
+  if not isinstance(atol, (int, float)) or not 0 <= atol < float('inf'):
+    raise ValueError(f'atol must be a finite number >= 0; got {atol!r}.')
   d = _checks.check_array(delta, name='delta', min_ndim=4 if per_pixel else 2,
                    max_ndim=4 if per_pixel else None)
   changed = jnp.abs(d) > atol

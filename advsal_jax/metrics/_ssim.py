@@ -66,15 +66,16 @@ def _resolve_win_size(gaussian_weights: bool, sigma: float, win_size: int | None
 def _check_args(a, b, *, data_range, gaussian_weights, sigma, win_size, k1, k2):
   """Validates the arguments before tracing; returns (a, b, win_size) with a, b as f32."""
   a, b = _checks.check_pair(a, b, min_ndim=3, max_ndim=4)
-  if not isinstance(sigma, (int, float)) or sigma <= 0:
-    raise ValueError(f'sigma must be a positive number; got {sigma!r}.')
+  if not isinstance(sigma, (int, float)) or not 0 < sigma < float('inf'):
+    raise ValueError(f'sigma must be a finite positive number; got {sigma!r}.')
   if win_size is not None and (not isinstance(win_size, int) or win_size < 1
                                or win_size % 2 == 0):
     raise ValueError(f'win_size must be an odd positive int or None; got {win_size!r}.')
-  if k1 < 0 or k2 < 0:
-    raise ValueError(f'k1 and k2 must be >= 0; got k1={k1!r}, k2={k2!r}.')
-  if not isinstance(data_range, jax.core.Tracer) and not np.all(np.asarray(data_range) > 0):
-    raise ValueError(f'data_range must be > 0; got {data_range!r}.')
+  if not (0 <= k1 < float('inf') and 0 <= k2 < float('inf')):
+    raise ValueError(f'k1 and k2 must be finite and >= 0; got k1={k1!r}, k2={k2!r}.')
+  if not isinstance(data_range, jax.core.Tracer) and not np.all(
+      (np.asarray(data_range) > 0) & np.isfinite(data_range)):
+    raise ValueError(f'data_range must be finite and > 0; got {data_range!r}.')
   if np.ndim(data_range) != 0:
     raise ValueError(f'data_range must be a scalar; got shape {np.shape(data_range)}.')
   win = _resolve_win_size(gaussian_weights, sigma, win_size)

@@ -3,6 +3,12 @@
 Every method in ``advsal_jax.saliency`` explains the pre-softmax logit of ``target[b]`` for
 each example ``b``; ``apply_fn(params, x)`` must be batch-independent (eval mode), so the
 gradient of the summed target logits is the per-example gradient.
+
+Every method checks its arguments before tracing (``advsal_jax._checks``): ``x`` must be a
+non-empty floating-point batch [B,H,W,C] (integer images raise a TypeError; float64 images
+are computed in float32), finite and in [0, 1]; ``target`` one integer class in [0, K) per
+image. Under ``jax.jit`` only the shape and dtype checks run: traced values cannot be
+inspected, so a NaN image then gives a NaN attribution.
 """
 
 from typing import Any, Callable

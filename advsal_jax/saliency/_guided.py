@@ -94,8 +94,11 @@ def with_guided_relu(fn: Callable[..., Any]) -> Callable[..., Any]:
     A function with ``fn``'s signature and outputs.
 
   Raises:
+    TypeError: ``fn`` is not callable.
     NotImplementedError: (when called) if a ReLU sits inside scan/while/cond.
   """
+  if not callable(fn):
+    raise TypeError(f'fn must be a JAX-traceable function (callable), got {fn!r}.')
   return rewrites.rewrite(fn, GUIDED_RELU)
 
 

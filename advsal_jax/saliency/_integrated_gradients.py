@@ -57,7 +57,8 @@ def integrated_gradients(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
     target: i32[B] class indices in [0, K).
     key: unused (deterministic method).
     baseline: x' broadcastable to x's shape (e.g. f32[B,H,W,C], f32[H,W,C] or a scalar),
-      in [0, 1]; default all zeros (black image).
+      in [0, 1] (finite and in range checked when concrete); default all zeros (black
+      image).
     num_steps: number of intervals m. Static under ``jax.jit``.
     rule: 'riemann_left', 'riemann_right', 'riemann_midpoint' (default) or 'trapezoid'
       (see ``quadrature``). Static under ``jax.jit``.
@@ -68,8 +69,10 @@ def integrated_gradients(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
     f32[B,H,W,C] attribution.
 
   Raises:
-    ValueError: unknown rule, bad ``num_steps``/``batch_size``/``baseline`` shape, malformed
-      ``x``/``target``.
+    ValueError: unknown rule, bad ``num_steps``/``batch_size``, a ``baseline`` of the wrong
+      shape, NaN/inf or outside [0, 1], malformed ``x``/``target`` (wrong shape, an empty
+      batch, NaN/inf or pixels outside [0, 1]).
+    TypeError: non-float ``x``, non-integer ``target``.
 
   References:
     Sundararajan, Taly, Yan, Axiomatic Attribution for Deep Networks, arXiv:1703.01365.
@@ -91,6 +94,7 @@ def integrated_gradients(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
       raise ValueError(f'baseline must broadcast to x.shape {x.shape}, got {b_shape}.') from None
     if len(b_shape) > 4 or np.broadcast_shapes(b_shape, x.shape) != x.shape:
       raise ValueError(f'baseline must broadcast to x.shape {x.shape}, got {b_shape}.')
+    _checks.check_pixels(baseline, name='baseline')
     baseline = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
   delta = x - baseline
   batch = x.shape[0]

@@ -44,7 +44,7 @@ def segment_images(x: jax.typing.ArrayLike, *, segmentation: str = 'quickshift',
   """Superpixels of each image with scikit-image, on the host.
 
   Args:
-    x: f32[B,H,W,C] concrete images in [0, 1] (C = 1 or 3).
+    x: f32[B,H,W,C] concrete images in [0, 1] (C = 1 or 3), finite.
     segmentation: 'quickshift' (LIME's defaults max_dist=200, ratio=0.2, and LIME's
       kernel_size=4 scaled from its 224-pixel images to this size: ``max(1, round(4 *
       min(H, W) / 224))``, so 1 on 32x32 CIFAR-10, where kernel_size=4 merges most images
@@ -55,17 +55,19 @@ def segment_images(x: jax.typing.ArrayLike, *, segmentation: str = 'quickshift',
     int32[B,H,W] labels, renumbered per image to 0..S_b-1.
 
   Raises:
-    ValueError: unknown segmentation, wrong rank.
-    TypeError: ``x`` is a tracer (segment outside ``jax.jit`` and pass ``segments``).
+    ValueError: unknown segmentation, wrong rank, an empty batch, NaN/inf or pixels
+      outside [0, 1].
+    TypeError: ``x`` is a tracer (segment outside ``jax.jit`` and pass ``segments``), or not
+      floating point.
   """
   if segmentation not in SEGMENTATIONS:
     raise ValueError(f'segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}.')
   if isinstance(x, jax.core.Tracer):
     raise TypeError('segment_images runs scikit-image on the host and needs concrete x; '
                     'under jax.jit compute segments beforehand and pass segments=.')
+  _checks.check_images(x)
+  _checks.check_pixels(x)
   images = np.asarray(x, np.float64)
-  if images.ndim != 4:
-    raise ValueError(f'x must be f32[B,H,W,C], got shape {images.shape}.')
   params = {**_DEFAULT_KWARGS[segmentation], **kwargs}
   if segmentation == 'quickshift':
     params.setdefault('kernel_size', max(1, round(4 * min(images.shape[1:3]) / 224)))
@@ -139,10 +141,10 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     num_samples: perturbed copies per image. Static under ``jax.jit``.
     segmentation: 'quickshift', 'felzenszwalb' or 'slic' when ``segments`` is None.
     segmentation_kwargs: parameters of the segmentation function.
-    kernel_width: width of the exponential kernel on cosine distance.
-    ridge_alpha: ridge penalty of the surrogate.
+    kernel_width: width of the exponential kernel on cosine distance, > 0.
+    ridge_alpha: ridge penalty of the surrogate, > 0.
     fill: value of "off" superpixels: None (each superpixel's mean colour), a scalar or
-      f32[C].
+      f32[C] in [0, 1].
     batch_size: perturbed copies per image evaluated at once (``None``: all); memory holds
       ``batch_size * B`` images. Static under ``jax.jit``.
 
@@ -150,9 +152,10 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     ``LimeResult``.
 
   Raises:
-    ValueError: missing key, bad segments/num_segments/num_samples/batch_size/fill,
-      malformed ``x``/``target``.
-    TypeError: legacy key, non-integer segments.
+    ValueError: missing key, bad segments/num_segments/num_samples/batch_size/fill/
+      kernel_width/ridge_alpha, malformed ``x``/``target`` (wrong shape, an empty batch,
+      NaN/inf or pixels outside [0, 1]).
+    TypeError: legacy key, non-float ``x``, non-integer ``target`` or segments.
 
   References:
     Ribeiro, Singh, Guestrin, "Why Should I Trust You?", arXiv:1602.04938.
@@ -163,6 +166,12 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     _checks.check_count(batch_size, 'batch_size')
   x_shape = tuple(np.shape(x))
   batch, height, width, channels = x_shape
+  if fill is not None:
+    if np.shape(fill) not in ((), (channels,)):
+      raise ValueError(f'fill must be a scalar or f32[C]=({channels},), got {np.shape(fill)}.')
+    _checks.check_pixels(fill, name='fill')
+  _checks.check_scalar(kernel_width, 'kernel_width', positive=True)
+  _checks.check_scalar(ridge_alpha, 'ridge_alpha', positive=True)
   keys = _gradients.per_example_keys(key, batch, 'lime')
   if segments is None:
     if isinstance(x, jax.core.Tracer):
@@ -182,8 +191,6 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   if concrete and (np.min(segments) < 0 or np.max(segments) >= num_segments):
     raise ValueError(f'segments must lie in [0, {num_segments}), got '
                      f'[{np.min(segments)}, {np.max(segments)}].')
-  if fill is not None and np.shape(fill) not in ((), (channels,)):
-    raise ValueError(f'fill must be a scalar or f32[C]=({channels},), got {np.shape(fill)}.')
 
   x = jnp.asarray(x)
   target = jnp.asarray(target)

@@ -4,15 +4,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import _checks
+
 REDUCTIONS = ('abs_sum', 'abs_max', 'sum', 'max_abs_channel')
 NORMALIZATIONS = ('minmax', 'maxabs', 'percentile', 'energy')
+
+
+def _check_maps(maps: jax.typing.ArrayLike, name: str, *, min_ndim: int,
+                max_ndim: int | None = None) -> jax.Array:
+  """Validates batched maps (rank, non-empty, real dtype, finite when concrete); returns f32.
+
+  Integer and bool maps are accepted and converted to float32, as the metrics do.
+  """
+  shape = np.shape(maps)
+  if len(shape) < min_ndim or (max_ndim is not None and len(shape) > max_ndim):
+    want = 'f32[B,H,W,C]' if max_ndim == min_ndim == 4 else '[B, ...] with a batch axis'
+    raise ValueError(f'{name} must be {want}, got shape {shape}.')
+  if 0 in shape:
+    raise ValueError(f'{name} must not be empty, got shape {shape}.')
+  dtype = jnp.result_type(maps)
+  if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+          or dtype == jnp.bool_):
+    raise TypeError(f'{name} must have a real dtype, got {dtype}.')
+  _checks.check_finite(maps, name=name)
+  return jnp.asarray(maps, jnp.result_type(dtype, jnp.float32))
 
 
 def to_heatmap(attr: jax.typing.ArrayLike, reduce: str = 'abs_sum') -> jax.Array:
   """Reduces the channel axis of an attribution to one heatmap per example.
 
   Args:
-    attr: f32[B,H,W,C] attribution (any method of this package; C may be 1).
+    attr: f32[B,H,W,C] attribution (any method of this package; C may be 1); finite (checked
+      when concrete). Integer and bool attributions are converted to float32.
     reduce: 'abs_sum' (``sum_c |a_c|``), 'abs_max' (``max_c |a_c|``), 'sum' (``sum_c a_c``)
       or 'max_abs_channel' (the signed value of the channel with the largest ``|a_c|``).
 
@@ -20,13 +43,12 @@ def to_heatmap(attr: jax.typing.ArrayLike, reduce: str = 'abs_sum') -> jax.Array
     f32[B,H,W].
 
   Raises:
-    ValueError: unknown ``reduce`` or ``attr`` not of rank 4.
+    ValueError: unknown ``reduce``; ``attr`` not of rank 4, empty, or with NaN/inf.
+    TypeError: ``attr`` of a non-real dtype.
   """
   if reduce not in REDUCTIONS:
     raise ValueError(f'reduce must be one of {REDUCTIONS}, got {reduce!r}.')
-  if np.ndim(attr) != 4:
-    raise ValueError(f'attr must be f32[B,H,W,C], got shape {np.shape(attr)}.')
-  attr = jnp.asarray(attr)
+  attr = _check_maps(attr, 'attr', min_ndim=4, max_ndim=4)
   if reduce == 'abs_sum':
     return jnp.abs(attr).sum(axis=-1)
   if reduce == 'abs_max':
@@ -42,7 +64,8 @@ def normalize(maps: jax.typing.ArrayLike, mode: str = 'minmax', *,
   """Normalises each example's map (all axes but the first) independently.
 
   Args:
-    maps: f32[B, ...] maps, e.g. [B,H,W] heatmaps or [B,H,W,C] attributions.
+    maps: f32[B, ...] maps, e.g. [B,H,W] heatmaps or [B,H,W,C] attributions; finite
+      (checked when concrete). Integer and bool maps are converted to float32.
     mode: 'minmax' (``(m - min) / (max - min)``, in [0, 1]), 'maxabs' (``m / max|m|``, in
       [-1, 1]), 'percentile' (clip to the ``100 - percentile`` and ``percentile``
       percentiles, then min-max, in [0, 1]; robust to outliers) or 'energy'
@@ -53,15 +76,15 @@ def normalize(maps: jax.typing.ArrayLike, mode: str = 'minmax', *,
     f32 array of ``maps``'s shape.
 
   Raises:
-    ValueError: unknown mode, a map without a batch axis, percentile out of range.
+    ValueError: unknown mode, a map without a batch axis, empty maps, NaN/inf, percentile
+      out of range.
+    TypeError: maps of a non-real dtype.
   """
   if mode not in NORMALIZATIONS:
     raise ValueError(f'mode must be one of {NORMALIZATIONS}, got {mode!r}.')
-  if np.ndim(maps) < 2:
-    raise ValueError(f'maps must be [B, ...] with a batch axis, got shape {np.shape(maps)}.')
   if not 50.0 < percentile <= 100.0:
     raise ValueError(f'percentile must lie in (50, 100], got {percentile}.')
-  maps = jnp.asarray(maps, jnp.result_type(maps, jnp.float32))
+  maps = _check_maps(maps, 'maps', min_ndim=2)
   flat = maps.reshape(maps.shape[0], -1)
 
   def safe_div(num, den):

@@ -29,11 +29,11 @@ def smoothgrad(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``, batch-independent (eval mode).
     params: the model variables passed to ``apply_fn``.
-    x: f32[B,H,W,C] images in [0, 1].
+    x: f32[B,H,W,C] images in [0, 1] (finite and in range checked when concrete).
     target: i32[B] class indices in [0, K).
     key: required typed key (``jax.random.key``), shape ``()`` or ``(B,)``.
     num_samples: number of noisy copies per image. Static under ``jax.jit``.
-    noise_level: noise std as a fraction of each image's value range, >= 0.
+    noise_level: noise std as a fraction of each image's value range, a finite scalar >= 0.
     base: any deterministic method of this package with the saliency signature, e.g.
       ``gradient``, ``gradient_x_input`` or ``guided_backprop``. Static under ``jax.jit``.
     squared: average the squared maps (SmoothGrad-Squared) instead of the maps.
@@ -44,8 +44,10 @@ def smoothgrad(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     f32[B,H,W,C] averaged attribution.
 
   Raises:
-    ValueError: missing key, bad ``num_samples``/``batch_size``, malformed inputs.
-    TypeError: a legacy (untyped) key, non-float ``x``, non-integer ``target``.
+    ValueError: missing key, bad ``num_samples``/``batch_size``/``noise_level``, malformed
+      inputs (wrong shape, an empty batch, NaN/inf or pixels outside [0, 1]).
+    TypeError: a legacy (untyped) key, non-float ``x``, non-integer ``target``, a ``base``
+      that is not callable.
 
   References:
     Smilkov et al., SmoothGrad: removing noise by adding noise, arXiv:1706.03825.
@@ -54,6 +56,7 @@ def smoothgrad(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   _checks.check_count(num_samples, 'num_samples')
   if batch_size is not None:
     _checks.check_count(batch_size, 'batch_size')
+  _checks.check_scalar(noise_level, 'noise_level')
   if not callable(base):
     raise TypeError(f'base must be a saliency method (callable), got {base!r}.')
   x = jnp.asarray(x)
