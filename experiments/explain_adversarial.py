@@ -6,7 +6,8 @@ Examples:
   python experiments/explain_adversarial.py --preset=smoke    # seconds, for tests
   python experiments/explain_adversarial.py --checkpoint=cnn_mnist --experiments=recovery
 
-Budgets left unset take the dataset's defaults (advsal_jax.studies.explain_adversarial.BUDGETS).
+Budgets left unset take the dataset's defaults
+(advsal_jax.studies.explain_adversarial_config.BUDGETS).
 A killed run continues with --resume (same flags).
 """
 
@@ -16,14 +17,18 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from advsal_jax import perturbation
 from advsal_jax.studies import cli
 from advsal_jax.studies import explain_adversarial as study
+from advsal_jax.studies import explain_adversarial_config as settings
 from advsal_jax.studies import explain_adversarial_report as study_report
 
-_D = study.Config()
+_D = settings.Config()
 cli.define_common_flags(checkpoint=_D.checkpoint, batch_size=_D.batch_size)
-flags.DEFINE_list('experiments', list(_D.experiments), f'Any of {", ".join(study.EXPERIMENTS)}.')
-flags.DEFINE_list('methods', list(_D.methods), f'Saliency methods: {", ".join(study.METHODS)}.')
+flags.DEFINE_list('experiments', list(_D.experiments),
+                  f'Any of {", ".join(settings.EXPERIMENTS)}.')
+flags.DEFINE_list('methods', list(_D.methods),
+                  f'Saliency methods: {", ".join(settings.METHODS)}.')
 flags.DEFINE_integer('pair_classes', _D.pair_classes,
                      'Top predicted classes whose maps are paired (all pairs).')
 flags.DEFINE_float('fgsm_eps', None, 'FGSM L-inf budget in pixels (default: per dataset).')
@@ -36,7 +41,7 @@ flags.DEFINE_float('cw_learning_rate', None, 'C&W Adam step (default: per datase
 flags.DEFINE_float('cw_initial_const', None, 'C&W first constant (default: per dataset).')
 flags.DEFINE_list('recovery_grid', [f'{p:g}' for p in _D.recovery_grid],
                   'Percentages of pixels perturbed in the recovery experiment.')
-flags.DEFINE_enum('recovery_fill', _D.recovery_fill, list(study.FILLS),
+flags.DEFINE_enum('recovery_fill', _D.recovery_fill, list(perturbation.FILLS),
                   'What perturbed pixels become: the dataset mean colour, a blur of the '
                   'adversarial image, or uniform noise.')
 flags.DEFINE_float('overlap_percent', _D.overlap_percent,
@@ -60,7 +65,7 @@ def main(argv):
   cli.start()
   s = cli.settings(PRESETS, [*cli.COMMON, *_OWN])
   try:
-    cfg = study.Config(
+    cfg = settings.Config(
         checkpoint=s['checkpoint'], num_examples=s['num_examples'], batch_size=s['batch_size'],
         experiments=tuple(s['experiments']), methods=tuple(s['methods']),
         pair_classes=s['pair_classes'], fgsm_eps=s['fgsm_eps'], bim_eps=s['bim_eps'],
@@ -70,17 +75,17 @@ def main(argv):
         recovery_grid=tuple(float(p) for p in s['recovery_grid']),
         recovery_fill=s['recovery_fill'], overlap_percent=s['overlap_percent'],
         method_kwargs=cli.parse_method_kwargs(s['method_kwargs'],
-                                              study.DEFAULT_METHOD_KWARGS),
+                                              settings.DEFAULT_METHOD_KWARGS),
         seed=s['seed'])
-    study.validate(cfg)
+    settings.validate(cfg)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  out = cli.default_output_dir(study.NAME, cfg.checkpoint, cfg.num_examples)
+  out = cli.default_output_dir(settings.NAME, cfg.checkpoint, cfg.num_examples)
   logging.info('Study 001 (%s): %s on %s, first %d test images, preset %s; report: %s/report.md',
-               study.NAME, ', '.join(cfg.experiments), cfg.checkpoint, cfg.num_examples,
+               settings.NAME, ', '.join(cfg.experiments), cfg.checkpoint, cfg.num_examples,
                flags.FLAGS.preset, out)
   cli.run_and_finish(
-      study.NAME, out, checkpoint=cfg.checkpoint, start_time=t0,
+      settings.NAME, out, checkpoint=cfg.checkpoint, start_time=t0,
       run=lambda: study.run(cfg, output_dir=out, data_dir=flags.FLAGS.data_dir,
                             resume=flags.FLAGS.resume),
       finalize=lambda loaded: study_report.finalize(

@@ -1,4 +1,4 @@
-"""Tests of study 001 (advsal_jax.studies.explain_adversarial and its report)."""
+"""Tests of study 001 (advsal_jax.studies.explain_adversarial, its batches, summary and report)."""
 
 import csv
 import functools
@@ -16,17 +16,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.ndimage
 import scipy.stats
 
 from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import metrics
 from advsal_jax import models
+from advsal_jax import perturbation
 from advsal_jax import saliency
 from advsal_jax.studies import catalog
 from advsal_jax.studies import explain_adversarial as study
+from advsal_jax.studies import explain_adversarial_batches as batches
+from advsal_jax.studies import explain_adversarial_claims as study_claims
+from advsal_jax.studies import explain_adversarial_config as settings
 from advsal_jax.studies import explain_adversarial_report as study_report
+from advsal_jax.studies import explain_adversarial_summary as study_summary
 from advsal_jax.studies import runner
 from advsal_jax.studies import store
 from testing_utils import linear_apply
@@ -44,7 +48,7 @@ _SMOKE = dict(num_examples=_NUM_IMAGES, batch_size=4, bim_steps=2, cw_steps=4, c
                              'integrated_gradients': {'num_steps': 4}})
 _SMOKE_FLAGS = ['--preset=smoke', f'--num_examples={_NUM_IMAGES}', '--batch_size=4',
                 f'--methods={",".join(_METHODS)}']
-GBP = study.GBP
+GBP = settings.GBP
 
 
 @pytest.fixture(scope='module')
@@ -68,7 +72,7 @@ def setup(tmp_path_factory):
 
 
 def _cfg(ckpt, **kw):
-  return study.Config(**{'checkpoint': ckpt, **_SMOKE, **kw})
+  return settings.Config(**{'checkpoint': ckpt, **_SMOKE, **kw})
 
 
 @pytest.fixture(scope='module')
@@ -99,21 +103,21 @@ def test_pair_statistics_match_a_hand_computation_on_a_linear_model():
   h, w, c, k = 4, 5, 3, 4
   params = _linear_params(rng, h, w, c, k)
   x = jnp.asarray(rng.random((2, h, w, c)), jnp.float32)
-  cfg = study.Config(pair_classes=3, overlap_percent=25.0, seed=3)
+  cfg = settings.Config(pair_classes=3, overlap_percent=25.0, seed=3)
   fill = jnp.asarray([0.1, 0.5, 0.9], jnp.float32)
   index = jnp.asarray([7, 2])
-  pairs = jax.jit(functools.partial(study.pairs_batch, linear_apply, cfg=cfg))
+  pairs = jax.jit(functools.partial(batches.pairs_batch, linear_apply, cfg=cfg))
   got = jax.tree.map(np.asarray, pairs(params, x, index, fill))
   weights = np.asarray(params['w']).reshape(h, w, c, k)
   logits = np.asarray(x).reshape(2, -1) @ np.asarray(params['w'])
   np.testing.assert_array_equal(got['top_classes'], np.argsort(-logits, 1)[:, :3])
-  tiebreak = np.asarray(study.uniform_maps(3, index, 2, (h, w)))
-  random_rank = np.asarray(study.uniform_maps(3, index, 1, (h, w)))
+  tiebreak = np.asarray(batches.uniform_maps(3, index, settings.TIEBREAK_STREAM, (h, w)))
+  random_rank = np.asarray(batches.uniform_maps(3, index, settings.RANDOM_RANK_STREAM, (h, w)))
   n_del = round(0.25 * h * w)
   for b in range(2):
     np.testing.assert_allclose(
         got['gbp_on_fraction'][b], [(weights[..., j] > 0).mean() for j in got['top_classes'][b]])
-    for p, (i, j) in enumerate(study.class_pairs(3)):
+    for p, (i, j) in enumerate(settings.class_pairs(3)):
       ck, cm = got['top_classes'][b, i], got['top_classes'][b, j]
       # GBP of a model without ReLUs is the gradient: W[..., class]. Binarised per channel at
       # g > 0 (the paper's filtering effect s * 1{g > 0}).
@@ -173,12 +177,12 @@ def test_explain_gives_closed_form_pixel_maps_on_a_linear_model():
   target = jnp.asarray([2, 0])
   weights = np.asarray(params['w']).reshape(h, w, c, k)
   grad = np.stack([weights[..., 2], weights[..., 0]])  # [2, h, w, c]
-  cfg = study.Config(method_kwargs={'smoothgrad': {'num_samples': 3},
+  cfg = settings.Config(method_kwargs={'smoothgrad': {'num_samples': 3},
                                     'integrated_gradients': {'num_steps': 2}})
   keys = runner.example_keys(0, jnp.arange(2), 0)
   for method, want in (('gradient', grad), ('smoothgrad', grad), (GBP, grad),
                        ('integrated_gradients', np.asarray(x) * grad)):
-    got = study.explain(method, linear_apply, params, x, target, keys=keys, layer='', cfg=cfg)
+    got = batches.explain(method, linear_apply, params, x, target, keys=keys, layer='', cfg=cfg)
     np.testing.assert_allclose(got, np.abs(want).sum(-1), rtol=1e-5, atol=1e-6,
                                err_msg=method)
 
@@ -188,11 +192,11 @@ def test_attacks_batch_keeps_the_attack_axis_in_attacks_order_on_a_linear_model(
   h, w, c, k, b = 3, 4, 2, 4, 5
   params = _linear_params(rng, h, w, c, k)
   x = jnp.asarray(rng.random((b, h, w, c)), jnp.float32)
-  cfg = study.Config(bim_steps=3, cw_steps=3, cw_search_steps=1)
+  cfg = settings.Config(bim_steps=3, cw_steps=3, cw_search_steps=1)
   budgets = {'fgsm_eps': 0.2, 'bim_eps': 0.05, 'bim_step_size': 0.02,
              'cw_learning_rate': 0.05, 'cw_initial_const': 1.0}
   got = jax.tree.map(np.asarray, jax.jit(functools.partial(
-      study.attacks_batch, linear_apply, cfg=cfg))(params, x, budgets))
+      batches.attacks_batch, linear_apply, cfg=cfg))(params, x, budgets))
   wm, xs = np.asarray(params['w']), np.asarray(x).reshape(b, -1)
   clean = (xs @ wm).argmax(1)
   np.testing.assert_array_equal(got['clean_pred'], clean)
@@ -206,7 +210,7 @@ def test_attacks_batch_keeps_the_attack_axis_in_attacks_order_on_a_linear_model(
   # Only BIM's budget is 0.05: its column is the one within it.
   assert np.abs(got['x_adv'][:, 1] - np.asarray(x)).max() <= 0.05 + 1e-6
   for i in range(b):
-    for a in range(len(study.ATTACKS)):
+    for a in range(len(settings.ATTACKS)):
       delta = (got['x_adv'][i, a] - np.asarray(x[i])).ravel()
       pred = (got['x_adv'][i, a].reshape(-1) @ wm).argmax()
       assert got['adv_pred'][i, a] == pred and got['success'][i, a] == (pred != clean[i])
@@ -219,7 +223,7 @@ def test_maps_batch_puts_each_map_at_its_example_and_attack_on_a_linear_model():
   # EGBP's is max(0, n_t - n_m) per channel (n: W's columns energy-normalised per channel).
   rng = np.random.default_rng(7)
   h, w, c, k, b = 11, 12, 2, 5, 3  # SSIM needs 11x11
-  a = len(study.ATTACKS)
+  a = len(settings.ATTACKS)
   params = _linear_params(rng, h, w, c, k)
   x = jnp.asarray(rng.random((b, h, w, c)), jnp.float32)
   x_adv = jnp.asarray(np.clip(np.asarray(x)[:, None] + rng.normal(0, 0.1, (b, a, h, w, c)),
@@ -227,9 +231,9 @@ def test_maps_batch_puts_each_map_at_its_example_and_attack_on_a_linear_model():
   clean_pred = jnp.asarray([0, 1, 2])
   adv_pred = jnp.asarray([[0, 3, 4], [2, 1, 0], [4, 3, 1]])  # distinct per (i, a)
   index = jnp.asarray([11, 4, 8])
-  cfg = study.Config(methods=('gradient', study.EGBP), overlap_percent=20.0, seed=5)
+  cfg = settings.Config(methods=('gradient', settings.EGBP), overlap_percent=20.0, seed=5)
   got = jax.tree.map(np.asarray, jax.jit(functools.partial(
-      study.maps_batch, linear_apply, cfg=cfg, layer=''))(
+      batches.maps_batch, linear_apply, cfg=cfg, layer=''))(
           params, x, x_adv, clean_pred, adv_pred, index))
   wts = np.asarray(params['w']).reshape(h, w, c, k)
   norm = wts / np.abs(wts).sum((0, 1), keepdims=True)
@@ -238,9 +242,9 @@ def test_maps_batch_puts_each_map_at_its_example_and_attack_on_a_linear_model():
     return np.asarray(saliency.heatmap(jnp.asarray(attr[None]), method, normalize=True))[0]
 
   def egbp(t, m):
-    return heat(np.maximum(norm[..., t] - norm[..., m], 0), study.EGBP)
+    return heat(np.maximum(norm[..., t] - norm[..., m], 0), settings.EGBP)
 
-  tiebreak = np.asarray(study.uniform_maps(5, index, 2, (h, w)))
+  tiebreak = np.asarray(batches.uniform_maps(5, index, settings.TIEBREAK_STREAM, (h, w)))
   n_top = round(0.2 * h * w)
   xa, xc = np.asarray(x_adv), np.asarray(x)
   for i in range(b):
@@ -269,57 +273,17 @@ def test_maps_batch_puts_each_map_at_its_example_and_attack_on_a_linear_model():
       e_adv = egbp(ap, runner_up(xa[i, j], ap))
       e_clean = egbp(cp, runner_up(xc[i], cp))
       np.testing.assert_allclose(
-          got[f'{study.EGBP}/spearman'][i, j],
+          got[f'{settings.EGBP}/spearman'][i, j],
           scipy.stats.spearmanr(e_clean.ravel(), e_adv.ravel()).statistic, atol=1e-5)
       if ap == cp:
-        assert np.isnan(got[f'{study.EGBP}/swapped_spearman'][i, j])
+        assert np.isnan(got[f'{settings.EGBP}/swapped_spearman'][i, j])
       else:
         swapped = egbp(ap, cp)
         np.testing.assert_allclose(
-            got[f'{study.EGBP}/swapped_spearman'][i, j],
+            got[f'{settings.EGBP}/swapped_spearman'][i, j],
             scipy.stats.spearmanr(swapped.ravel(), e_adv.ravel()).statistic, atol=1e-5)
-        np.testing.assert_allclose(got[f'{study.EGBP}/swapped_delta_share'][i, j],
+        np.testing.assert_allclose(got[f'{settings.EGBP}/swapped_delta_share'][i, j],
                                    share(swapped), rtol=1e-5)
-
-
-def _two_class_linear(rng, h, w, c):
-  """logit_1 - logit_0 = v . x + b0 with v random: a model whose margin is known exactly."""
-  v = rng.normal(size=(h * w * c,)).astype(np.float32)
-  wts = np.stack([np.zeros_like(v), v], 1)
-  return {'w': jnp.asarray(wts), 'b': jnp.asarray([[0.0, -0.3]], jnp.float32)}, v
-
-
-def test_recovery_curves_match_the_closed_form_on_a_linear_model():
-  rng = np.random.default_rng(1)
-  b, h, w, c = 5, 4, 4, 2
-  params, v = _two_class_linear(rng, h, w, c)
-  x_adv = jnp.asarray(rng.random((b, h, w, c)), jnp.float32)
-  scores = jnp.asarray(rng.random((3, b, h, w)), jnp.float32)  # distinct: no ties
-  fill_value = np.array([0.2, 0.7], np.float32)
-  fill = jnp.broadcast_to(jnp.asarray(fill_value), x_adv.shape)
-  counts = study.grid_pixels((0, 10, 25, 50, 75, 100), h * w)
-  np.testing.assert_array_equal(counts, [0, 2, 4, 8, 12, 16])
-  got = np.asarray(study.recovery_curves(linear_apply, params, x_adv, scores,
-                                         jnp.zeros((b, h, w)), fill, jnp.asarray(counts)))
-  assert got.shape == (b, 3, len(counts))
-  xa, sc, vv = np.asarray(x_adv), np.asarray(scores), v.reshape(h * w, c)
-  for i in range(b):
-    margin = xa[i].reshape(-1) @ v - 0.3
-    for r in range(3):
-      order = np.argsort(-sc[r, i].ravel(), kind='stable')
-      change = ((fill_value - xa[i].reshape(h * w, c)) * vv).sum(1)  # per pixel
-      for j, k in enumerate(counts):
-        want = int(margin + change[order[:k]].sum() > 0)
-        assert got[i, r, j] == want, (i, r, k)
-
-
-def test_equal_scores_are_ranked_by_the_tiebreak_not_by_position():
-  scores = jnp.zeros((1, 6))
-  tiebreak = jnp.asarray([[0.5, 0.1, 0.9, 0.3, 0.7, 0.2]])
-  # Ascending tiebreak: 0.1 (pixel 1) first, 0.9 (pixel 2) last.
-  np.testing.assert_array_equal(study.pixel_positions(scores, tiebreak), [[3, 0, 5, 2, 4, 1]])
-  np.testing.assert_array_equal(
-      study.pixel_positions(jnp.asarray([[1.0, 0, 0, 0, 0, 2]]), tiebreak), [[1, 2, 5, 3, 4, 0]])
 
 
 def test_delta_share_is_chance_for_a_constant_perturbation_not_a_row_band():
@@ -331,26 +295,18 @@ def test_delta_share_is_chance_for_a_constant_perturbation_not_a_row_band():
   tiebreak = jnp.asarray(rng.random((n, h, w)), jnp.float32)
   top_rows = jnp.zeros((n, h, w)).at[:, 0].set(1.0)  # salient exactly where the band was
   for maps in (top_rows, jnp.asarray(rng.random((n, h, w)), jnp.float32), jnp.zeros((n, h, w))):
-    np.testing.assert_allclose(study.delta_share(maps, delta, tiebreak, k), k / (h * w),
+    np.testing.assert_allclose(batches.delta_share(maps, delta, tiebreak, k), k / (h * w),
                                rtol=1e-5)
   # Graded |delta|: the share is what the map's top k pixels hold, ties in tiebreak order.
   d = np.asarray(rng.random((n, h, w)), np.float32)
   maps = np.asarray(rng.random((n, h, w)), np.float32)
   maps[:, :2] = 0.0  # ties among the least salient pixels
-  got = study.delta_share(jnp.asarray(maps), jnp.asarray(d), tiebreak, k + 20)
+  got = batches.delta_share(jnp.asarray(maps), jnp.asarray(d), tiebreak, k + 20)
   for i in range(n):
     order = np.lexsort((np.asarray(tiebreak[i]).ravel(), -maps[i].ravel()))
     want = d[i].ravel()[order[:k + 20]].sum() / d[i].sum()
     np.testing.assert_allclose(got[i], want, rtol=1e-5)
-  assert np.isnan(study.delta_share(top_rows, jnp.zeros((n, h, w)), tiebreak, k)).all()
-
-
-def test_blur_fill_matches_scipy():
-  x = np.random.default_rng(2).random((2, 9, 7, 3)).astype(np.float32)
-  want = scipy.ndimage.gaussian_filter(x, sigma=(0, study.BLUR_SIGMA, study.BLUR_SIGMA, 0),
-                                       mode='nearest', truncate=3.0)
-  np.testing.assert_allclose(study.gaussian_blur(jnp.asarray(x), study.BLUR_SIGMA), want,
-                             atol=1e-5)
+  assert np.isnan(batches.delta_share(top_rows, jnp.zeros((n, h, w)), tiebreak, k)).all()
 
 
 def _brightness_model(params, x):
@@ -373,10 +329,10 @@ def test_random_baseline_is_statistically_flat():
   n, side = 400, 8
   x_adv = jax.random.uniform(jax.random.key(3), (n, side, side, 1))
   params = {'b': jnp.zeros((1, 2))}
-  cfg = study.Config(methods=('gradient',), recovery_fill='noise', seed=7)
+  cfg = settings.Config(methods=('gradient',), recovery_fill='noise', seed=7)
   grid = np.arange(0, 55, 5.0)
-  counts = jnp.asarray(study.grid_pixels(tuple(grid), side * side))
-  recovery = jax.jit(functools.partial(study.recovery_batch, _brightness_model, cfg=cfg,
+  counts = jnp.asarray(perturbation.pixel_counts(tuple(grid), side * side))
+  recovery = jax.jit(functools.partial(batches.recovery_batch, _brightness_model, cfg=cfg,
                                        layer=''))
   got = recovery(params, x_adv, jnp.ones(n, jnp.int32), jnp.arange(n, dtype=jnp.int32),
                  jnp.zeros(1), counts)
@@ -388,9 +344,9 @@ def test_random_baseline_is_statistically_flat():
     assert low <= 0 <= high, (r, low, high)
     np.testing.assert_allclose(correct[:, r].mean(0), base, atol=4 * 0.5 / np.sqrt(n))
   # The test has power: ranking the brightest pixels first darkens the images.
-  fill = study.fill_images(x_adv, 'noise', mean=jnp.zeros(1),
-                           keys=runner.example_keys(7, jnp.arange(n), 3))
-  curves = jax.jit(functools.partial(study.recovery_curves, _brightness_model))
+  fill = perturbation.fill_images(x_adv, 'noise',
+                                 keys=runner.example_keys(7, jnp.arange(n), settings.NOISE_STREAM))
+  curves = jax.jit(functools.partial(perturbation.perturbation_curves, _brightness_model))
   bright = np.asarray(curves(params, x_adv, x_adv[None, ..., 0], jnp.zeros((n, side, side)),
                              fill, counts))[:, 0] == 1
   assert _slope_ci(bright.astype(float), grid)[1] < 0
@@ -453,7 +409,7 @@ def test_report_numbers_are_recomputed_from_the_per_example_files(smoke_run):
       np.testing.assert_allclose(st['q95'], np.percentile(values, 95), rtol=1e-6)
       assert f"| {name.upper()} | {stat} | {st['mean']:.3f} |" in text
   maps = _csv(smoke_run / 'per_example_maps.csv')
-  for attack in study.ATTACKS:
+  for attack in settings.ATTACKS:
     for method in _METHODS:
       rows = [r for r in maps if r['attack'] == attack and r['method'] == method]
       assert len(rows) == _NUM_IMAGES
@@ -470,7 +426,7 @@ def test_report_numbers_are_recomputed_from_the_per_example_files(smoke_run):
       assert len(values) == summary['recovery']['num_images']
       np.testing.assert_allclose(mean, np.mean(values), rtol=1e-9)
   attacks = _csv(smoke_run / 'per_example_attacks.csv')
-  for attack in study.ATTACKS:
+  for attack in settings.ATTACKS:
     rate = np.mean([r['success'] == 'True' for r in attacks if r['attack'] == attack])
     assert summary['attacks'][attack]['success_rate'] == pytest.approx(rate)
 
@@ -480,10 +436,10 @@ def test_report_tables_and_a_verdict_are_recomputed_from_the_npz(smoke_run):
   npz = dict(np.load(smoke_run / 'per_example.npz'))
   summary = json.loads((smoke_run / 'summary.json').read_text())
   maps = _csv(smoke_run / 'per_example_maps.csv')
-  assert len(maps) == _NUM_IMAGES * len(study.ATTACKS) * len(_METHODS)
+  assert len(maps) == _NUM_IMAGES * len(settings.ATTACKS) * len(_METHODS)
   row_of = {int(i): r for r, i in enumerate(npz['maps/index'])}
   for row in maps:
-    i, a = row_of[int(row['index'])], study.ATTACKS.index(row['attack'])
+    i, a = row_of[int(row['index'])], settings.ATTACKS.index(row['attack'])
     for stat in ('spearman', 'adv_delta_share', 'l2_distance'):
       want = npz[f"maps/{row['method']}/{stat}"][i, a]
       np.testing.assert_allclose(float(row[stat]), want, rtol=1e-6, equal_nan=True)
@@ -498,7 +454,7 @@ def test_report_tables_and_a_verdict_are_recomputed_from_the_npz(smoke_run):
   success = npz['attacks/success']
   sp = npz[f'maps/{GBP}/spearman']
   fin = np.isfinite(sp)
-  assert min((fin & ~success).sum(), (fin & success).sum()) >= study_report.MIN_GROUP
+  assert min((fin & ~success).sum(), (fin & success).sum()) >= study_claims.MIN_GROUP
   mw = scipy.stats.mannwhitneyu(sp[fin & success], sp[fin & ~success], alternative='two-sided')
   cell = summary['failed_vs_successful']['all'][GBP]['spearman']['mann_whitney']
   np.testing.assert_allclose(cell['pvalue'], mw.pvalue, rtol=1e-6)
@@ -506,22 +462,22 @@ def test_report_tables_and_a_verdict_are_recomputed_from_the_npz(smoke_run):
                              2 * mw.statistic / (fin & success).sum() / (fin & ~success).sum()
                              - 1, rtol=1e-6)
   tested, hits = 0, 0
-  for a, att in enumerate(study.ATTACKS):
-    sp = npz[f'maps/{study.EGBP}/spearman'][:, a]
-    share = npz[f'maps/{study.EGBP}/adv_delta_share'][:, a]
+  for a, att in enumerate(settings.ATTACKS):
+    sp = npz[f'maps/{settings.EGBP}/spearman'][:, a]
+    share = npz[f'maps/{settings.EGBP}/adv_delta_share'][:, a]
     fin = np.isfinite(sp)
     f, ok = sp[fin & ~success[:, a]], sp[fin & success[:, a]]
-    if min(len(f), len(ok)) < study_report.MIN_GROUP:
+    if min(len(f), len(ok)) < study_claims.MIN_GROUP:
       continue
     tested += 1
     mw = scipy.stats.mannwhitneyu(ok, f, alternative='two-sided')
-    cell = summary['failed_vs_successful'][att][study.EGBP]['spearman']['mann_whitney']
+    cell = summary['failed_vs_successful'][att][settings.EGBP]['spearman']['mann_whitney']
     np.testing.assert_allclose(cell['pvalue'], mw.pvalue, rtol=1e-6)
     lower = mw.pvalue < 0.05 and mw.statistic < len(f) * len(ok) / 2
     sf = share[np.isfinite(share) & ~success[:, a]]
     so = share[np.isfinite(share) & success[:, a]]
     toward = att == 'fgsm'
-    if not toward and min(len(sf), len(so)) >= study_report.MIN_GROUP:
+    if not toward and min(len(sf), len(so)) >= study_claims.MIN_GROUP:
       sh = scipy.stats.mannwhitneyu(so, sf, alternative='two-sided')
       toward = sh.pvalue < 0.05 and sh.statistic > len(sf) * len(so) / 2
     hits += lower and toward
@@ -540,9 +496,9 @@ def test_a_subset_of_experiments_reports_the_rest_as_untested(smoke_run, experim
                                                               untested):
   config = {**json.loads((smoke_run / 'config.json').read_text()),
             'experiments': list(experiments)}
-  assert study.stages(runner.config_from_json(study.Config, config)) == stages
+  assert settings.stages(runner.config_from_json(settings.Config, config)) == stages
   res = {k: v for k, v in study.load_results(smoke_run).items() if k in stages}
-  summary = study_report.summarize(res, config)
+  summary = study_summary.summarize(res, config)
   text = study_report.report_markdown(summary, config, figures=[])
   # The failed-vs-successful claims need >= 3 Adv_f images, which 6 images rarely give.
   assert text.count('**cannot be tested**') >= untested
@@ -564,7 +520,7 @@ def test_resume_after_interruption_gives_the_same_summary(setup, smoke_run, tmp_
               resume=True)
   study.run(_cfg(ckpt), output_dir=killed, data_dir=data_dir, resume=True)
   config = json.loads((killed / 'config.json').read_text())
-  resumed = study_report.summarize(study.load_results(killed), config)
+  resumed = study_summary.summarize(study.load_results(killed), config)
   resumed.pop('compute_seconds')
   assert json.loads(json.dumps(resumed)) == _summary_without_timings(smoke_run)
 
@@ -603,11 +559,12 @@ def test_the_binary_rejects_a_bad_flag_at_start(tmp_path):
 
 
 def test_budgets_default_per_dataset():
-  cfg = study.with_dataset_budgets(study.Config(fgsm_eps=0.05), 'mnist')
-  assert cfg.fgsm_eps == 0.05 and cfg.bim_eps == study.BUDGETS['mnist']['bim_eps']
-  assert study.with_dataset_budgets(study.Config(), 'cifar10').fgsm_eps == pytest.approx(8 / 255)
+  cfg = settings.with_dataset_budgets(settings.Config(fgsm_eps=0.05), 'mnist')
+  assert cfg.fgsm_eps == 0.05 and cfg.bim_eps == settings.BUDGETS['mnist']['bim_eps']
+  cifar = settings.with_dataset_budgets(settings.Config(), 'cifar10')
+  assert cifar.fgsm_eps == pytest.approx(8 / 255)
   with pytest.raises(ValueError, match='dataset'):
-    study.with_dataset_budgets(study.Config(), 'svhn')
+    settings.with_dataset_budgets(settings.Config(), 'svhn')
 
 
 @pytest.mark.slow
@@ -633,11 +590,12 @@ def test_a_killed_binary_resumes_to_the_same_summary(setup, smoke_run, tmp_path)
 @pytest.mark.slow
 def test_cnn_mnist_smoke_run_on_real_data(data_dir, tmp_path):
   out = tmp_path / 'mnist'
-  cfg = study.Config(**{**_SMOKE, 'checkpoint': 'cnn_mnist', 'num_examples': 4})
+  cfg = settings.Config(**{**_SMOKE, 'checkpoint': 'cnn_mnist', 'num_examples': 4})
   study.run(cfg, output_dir=out, data_dir=data_dir)
   study_report.finalize(out, data_dir=data_dir)
   config = json.loads((out / 'config.json').read_text())
-  assert config['dataset'] == 'mnist' and config['fgsm_eps'] == study.BUDGETS['mnist']['fgsm_eps']
+  assert config['dataset'] == 'mnist'
+  assert config['fgsm_eps'] == settings.BUDGETS['mnist']['fgsm_eps']
   res = dict(np.load(out / 'per_example.npz'))
   assert res['pairs/gbp_avg_diff'].shape == (4, 3)
   assert (out / 'figure3_maps.png').exists() and (out / 'report.md').exists()
