@@ -114,7 +114,11 @@ def replace_top(x: jax.typing.ArrayLike, ranks: jax.typing.ArrayLike,
   if tuple(np.shape(ranks)) != shape[:3]:
     raise ValueError(f'ranks must have shape {shape[:3]} (one rank per pixel of x), got '
                      f'{tuple(np.shape(ranks))}.')
-  if np.broadcast_shapes(np.shape(fill), shape) != shape:
+  try:
+    fits = np.broadcast_shapes(np.shape(fill), shape) == shape
+  except ValueError:
+    fits = False
+  if not fits:
     raise ValueError(f'fill must broadcast to x\'s shape {shape}, got {np.shape(fill)}.')
   return jnp.where((jnp.asarray(ranks) < k)[..., None], fill, x)
 
@@ -123,7 +127,7 @@ def gaussian_blur(x: jax.typing.ArrayLike, sigma: float) -> jax.Array:
   """Per-channel Gaussian blur, edges repeated, kernel radius ``ceil(3 sigma)``.
 
   Matches ``scipy.ndimage.gaussian_filter(x, (0, sigma, sigma, 0), mode='nearest',
-  truncate=3.0)``.
+  radius=(0, r, r, 0))`` with ``r = ceil(3 sigma)``.
 
   Args:
     x: f32[B,H,W,C].
