@@ -32,16 +32,27 @@ def setup():
   return model, variables, x, jnp.array([0, 2], jnp.int32)
 
 
+@pytest.fixture(scope='module')
+def masker(setup):
+  """A small masking model over the TinyNet of ``setup``: ``(masker, variables)``."""
+  model, variables, x, _ = setup
+  masker = saliency.Masker(model, ('stem', 'features'), width=4)
+  return masker, saliency.init_masker(masker, variables, x, key=jax.random.key(2))
+
+
 @pytest.mark.parametrize('name', sorted(saliency.REGISTRY))
-def test_explain_equals_direct_call_with_the_function_defaults(name, setup):
+def test_explain_equals_direct_call_with_the_function_defaults(name, setup, masker):
   model, variables, x, target = setup
+  apply_fn = model.apply
+  if name in saliency.MASKER_METHODS:
+    apply_fn, variables = masker[0].apply, masker[1]
   spec = saliency.REGISTRY[name]
   key = jax.random.key(3)
   per_example = _PER_EXAMPLE.get(name, {})
   assert set(per_example) == set(spec.per_example)
-  got = saliency.explain(name, model.apply, variables, x, target, key=key, layer=LAYER,
+  got = saliency.explain(name, apply_fn, variables, x, target, key=key, layer=LAYER,
                          **per_example)
-  direct = spec.fn(model.apply, variables, x, target, **per_example,
+  direct = spec.fn(apply_fn, variables, x, target, **per_example,
                    **({'key': key} if spec.needs_key else {}),
                    **({'layer': LAYER} if spec.needs_layer else {}))
   np.testing.assert_array_equal(got, direct)
@@ -82,6 +93,11 @@ def test_explain_errors(setup):
     explain('smoothgrad', key=jax.random.key(0), num_steps=3)
   with pytest.raises(TypeError, match=r"'gradient' got unexpected keyword.*\['baseline'\]"):
     explain('gradient', baseline=0.5)
+  with pytest.raises(TypeError, match=r"'gbvs' got unexpected keyword.*\['num_steps'\]"):
+    explain('gbvs', num_steps=3)
+  # A classifier is not a masking model: the error says what learnt_saliency needs.
+  with pytest.raises(ValueError, match='apply_fn and variables of a masking model'):
+    explain('learnt_saliency')
 
 
 def test_spec_is_read_only_and_checks_its_family():
@@ -115,7 +131,8 @@ def _old_heatmap(attr):
 
 
 @pytest.mark.parametrize('family,mode', [('gradient', 'percentile'), ('cam', 'minmax'),
-                                         ('perturbation', 'minmax')])
+                                         ('perturbation', 'minmax'), ('mask', 'minmax'),
+                                         ('label_free', 'minmax')])
 @pytest.mark.parametrize('channels', [1, 3])
 def test_heatmap_by_family(family, mode, channels):
   attr = _attr(channels)

@@ -2,8 +2,11 @@
 
 Every method has the signature ``method(apply_fn, params, x, target, *, key=None, **hp)``,
 explains the pre-softmax logit of ``target[b]`` and returns ``f32[B,H,W,C]`` (``[B,H,W,1]``
-for the CAM family). ``REGISTRY`` describes each method (family, key, layer, defaults),
-``explain`` calls one by name and ``heatmap`` turns its attribution into a map by family.
+for ``ONE_CHANNEL_FAMILIES``). ``REGISTRY`` describes each method (family, key, layer,
+defaults), ``explain`` calls one by name and ``heatmap`` turns its attribution into a map by
+family. ``learnt_saliency`` is the exception to "``apply_fn`` is the classifier": it takes a
+masking model (``Masker``, ``load_masker``), trained with ``advsal_jax.masker_training``;
+registered ``'gbvs'`` wraps the label-free ``gbvs(x)``.
 
 The implementation modules are private (``_gradients.py``, ``_lime.py``, ...): use the
 names exported here. The diagnostics of Gu & Tresp that compare two maps (``sim_ratio``,
@@ -23,6 +26,18 @@ from advsal_jax.saliency._guided import guided_backprop
 from advsal_jax.saliency._guided import guided_relu
 from advsal_jax.saliency._guided import with_guided_relu
 from advsal_jax.saliency._integrated_gradients import integrated_gradients
+from advsal_jax.saliency._learnt import alternative_images
+from advsal_jax.saliency._learnt import attach_classifier
+from advsal_jax.saliency._learnt import classifier_variables
+from advsal_jax.saliency._learnt import decoder_params
+from advsal_jax.saliency._learnt import init_masker
+from advsal_jax.saliency._learnt import learnt_saliency
+from advsal_jax.saliency._learnt import load_masker
+from advsal_jax.saliency._learnt import Masker
+from advsal_jax.saliency._learnt import masker_from_metadata
+from advsal_jax.saliency._learnt import masker_loss
+from advsal_jax.saliency._learnt import MaskerLoss
+from advsal_jax.saliency._learnt import phi
 from advsal_jax.saliency._lime import lime
 from advsal_jax.saliency._lime import lime_explain
 from advsal_jax.saliency._lime import LimeResult
@@ -34,18 +49,26 @@ from advsal_jax.saliency.registry import explain
 from advsal_jax.saliency.registry import FAMILIES
 from advsal_jax.saliency.registry import heatmap
 from advsal_jax.saliency.registry import LAYER_METHODS
+from advsal_jax.saliency.registry import MASKER_METHODS
 from advsal_jax.saliency.registry import METHODS
 from advsal_jax.saliency.registry import MethodSpec
+from advsal_jax.saliency.registry import ONE_CHANNEL_FAMILIES
 from advsal_jax.saliency.registry import REGISTRY
 from advsal_jax.saliency.registry import STOCHASTIC_METHODS
 
 __all__ = [
     'FAMILIES',
     'LAYER_METHODS',
+    'MASKER_METHODS',
     'METHODS',
+    'ONE_CHANNEL_FAMILIES',
     'REGISTRY',
     'STOCHASTIC_METHODS',
+    'alternative_images',
+    'attach_classifier',
     'cam',
+    'classifier_variables',
+    'decoder_params',
     'enhanced_guided_backprop',
     'explain',
     'gbvs',
@@ -56,13 +79,21 @@ __all__ = [
     'guided_grad_cam',
     'guided_relu',
     'heatmap',
+    'init_masker',
     'integrated_gradients',
+    'learnt_saliency',
     'lime',
     'lime_explain',
     'LimeResult',
+    'load_masker',
     'log_ratio_difference',
+    'Masker',
+    'masker_from_metadata',
+    'masker_loss',
+    'MaskerLoss',
     'MethodSpec',
     'normalize',
+    'phi',
     'saliency_difference',
     'segment_images',
     'smoothgrad',

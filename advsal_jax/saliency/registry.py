@@ -5,6 +5,11 @@ a layer name, its family (which decides how ``heatmap`` normalises its maps), it
 hyper-parameters and its per-example array arguments. ``explain`` calls any method by name
 with the same arguments, so a study or a benchmark can loop over names; adding a method is
 one ``MethodSpec`` entry in ``_SPECS``.
+
+Two entries differ in what ``apply_fn``/``params`` are: 'learnt_saliency' takes a masking
+model's (``MASKER_METHODS``, ``saliency.load_masker``), not the classifier's, so a caller that
+loops over every name must load a masker for it or skip it; 'gbvs' is label-free and uses
+neither the model nor the target (it checks them like every method, then explains ``x``).
 """
 
 import dataclasses
@@ -18,20 +23,25 @@ from advsal_jax.saliency import _postprocess
 from advsal_jax.saliency._cam import cam
 from advsal_jax.saliency._cam import grad_cam
 from advsal_jax.saliency._cam import guided_grad_cam
+from advsal_jax.saliency._gbvs import gbvs
 from advsal_jax.saliency._gradients import gradient
 from advsal_jax.saliency._gradients import gradient_x_input
 from advsal_jax.saliency._guided import enhanced_guided_backprop
 from advsal_jax.saliency._guided import guided_backprop
 from advsal_jax.saliency._integrated_gradients import integrated_gradients
+from advsal_jax.saliency._learnt import learnt_saliency
 from advsal_jax.saliency._lime import lime
 from advsal_jax.saliency._lime import lime_explain
 from advsal_jax.saliency._smoothgrad import smoothgrad
+from advsal_jax import _checks
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 FAMILIES: Mapping[str, str] = types.MappingProxyType({
     'gradient': 'percentile',
     'cam': 'minmax',
     'perturbation': 'minmax',
+    'mask': 'minmax',
+    'label_free': 'minmax',
 })
 """Method family -> the ``normalize`` mode of its heatmaps.
 
@@ -39,7 +49,15 @@ FAMILIES: Mapping[str, str] = types.MappingProxyType({
 percentile as PAIR's grayscale visualisation does (robust to a few extreme pixels).
 'cam': one-channel non-negative class-activation maps, min-max normalised.
 'perturbation': surrogate-model weights constant over superpixels (LIME), min-max normalised.
+'mask': one-channel masks in [0, 1] predicted by a masking model (learnt saliency), min-max
+normalised like the other one-channel maps; ``heatmap(..., normalize=False)`` is the mask
+itself.
+'label_free': one-channel non-negative maps of the image alone, no model or class (GBVS's
+densities, which sum to 1), min-max normalised.
 """
+
+ONE_CHANNEL_FAMILIES = frozenset({'cam', 'mask', 'label_free'})
+"""Families whose methods return f32[B,H,W,1]; the others return input-shaped f32[B,H,W,C]."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +75,8 @@ class MethodSpec:
       with ``per_example``, the keyword arguments ``fn`` accepts through ``explain``.
     per_example: keyword arguments that are arrays with a leading batch axis, sliced with
       ``x`` (e.g. LIME's ``segments``).
+    needs_masker: ``fn``'s ``apply_fn``/``params`` are a masking model's
+      (``saliency.load_masker``), not the classifier's.
 
   Raises:
     ValueError: (on construction) an unknown family, or a name both in ``defaults`` and
@@ -70,6 +90,7 @@ class MethodSpec:
   defaults: Mapping[str, Any] = dataclasses.field(
       default_factory=lambda: types.MappingProxyType({}), hash=False)
   per_example: tuple[str, ...] = ()
+  needs_masker: bool = False
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -91,12 +112,26 @@ def _keyword_defaults(fn: Callable[..., Any], *, exclude: tuple[str, ...] = ()
 
 
 def _spec(name: str, fn: Callable[..., jax.Array], family: str, *, needs_key: bool = False,
-          needs_layer: bool = False, per_example: tuple[str, ...] = (),
+          needs_layer: bool = False, needs_masker: bool = False,
+          per_example: tuple[str, ...] = (),
           signature: Callable[..., Any] | None = None) -> MethodSpec:
   """A ``MethodSpec`` whose defaults are those of ``signature`` (default ``fn``)."""
   defaults = _keyword_defaults(signature or fn, exclude=per_example)
   return MethodSpec(name, fn, family, needs_key=needs_key, needs_layer=needs_layer,
-                    defaults=defaults, per_example=per_example)
+                    defaults=defaults, per_example=per_example, needs_masker=needs_masker)
+
+
+def _gbvs_method(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
+                 target: jax.typing.ArrayLike, *, key: PRNGKey | None = None,
+                 **kwargs: Any) -> jax.Array:
+  """``gbvs(x, **kwargs)`` behind the saliency signature: f32[B,H,W,1].
+
+  GBVS uses neither the model nor ``target``; they are checked as every method checks them,
+  so a wrong target fails alike whichever method a study runs.
+  """
+  del key
+  _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
+  return gbvs(x, **kwargs)
 
 
 _SPECS = (
@@ -113,6 +148,9 @@ _SPECS = (
     # lime forwards its keyword arguments to lime_explain.
     _spec('lime', lime, 'perturbation', needs_key=True, per_example=('segments',),
           signature=lime_explain),
+    _spec('learnt_saliency', learnt_saliency, 'mask', needs_masker=True),
+    # The label-free GBVS, wrapped to the common signature; its keywords are gbvs's.
+    _spec('gbvs', _gbvs_method, 'label_free', signature=gbvs),
 )
 
 REGISTRY: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
@@ -127,6 +165,9 @@ STOCHASTIC_METHODS = frozenset(n for n, s in REGISTRY.items() if s.needs_key)
 LAYER_METHODS = frozenset(n for n, s in REGISTRY.items() if s.needs_layer)
 """Names in ``REGISTRY`` that require ``layer=`` and a flax.linen ``apply_fn``."""
 
+MASKER_METHODS = frozenset(n for n, s in REGISTRY.items() if s.needs_masker)
+"""Names in ``REGISTRY`` whose ``apply_fn``/``params`` are a masking model's, not a classifier's."""
+
 
 def explain(name: str, apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
             target: jax.typing.ArrayLike, *, key: PRNGKey | None = None,
@@ -140,7 +181,8 @@ def explain(name: str, apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLik
   Args:
     name: a key of ``REGISTRY``.
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``, batch-independent (eval mode); a
-      flax.linen ``model.apply`` for layer methods.
+      flax.linen ``model.apply`` for layer methods; a masking model's ``apply`` for
+      ``MASKER_METHODS``.
     params: the model variables passed to ``apply_fn``.
     x: f32[B,H,W,C] images in [0, 1].
     target: i32[B] explained classes in [0, K).
@@ -150,7 +192,7 @@ def explain(name: str, apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLik
       (its ``per_example`` names, with leading axis B).
 
   Returns:
-    f32[B,H,W,C] attribution (``[B,H,W,1]`` for the 'cam' family).
+    f32[B,H,W,C] attribution (``[B,H,W,1]`` for ``ONE_CHANNEL_FAMILIES``).
 
   Raises:
     ValueError: unknown ``name`` (the message lists the methods); a missing ``key`` or
@@ -184,7 +226,7 @@ def heatmap(attr: jax.typing.ArrayLike, family: str, *, normalize: bool = True) 
 
   Channels are reduced with ``to_heatmap(attr, 'abs_sum')``; with ``normalize`` each map is
   then normalised with its family's mode (``FAMILIES``): 'percentile' for the 'gradient'
-  family, 'minmax' for 'cam' and 'perturbation'. The choice follows the family, not the
+  family, 'minmax' for the others. The choice follows the family, not the
   channel count, so a one-channel (MNIST) gradient map is treated as a gradient map.
 
   Args:
