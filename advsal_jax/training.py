@@ -3,7 +3,6 @@
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import pathlib
 import sys
 import time
@@ -20,6 +19,7 @@ from advsal_jax import checkpoints
 from advsal_jax import compilation
 from advsal_jax import data
 from advsal_jax import models
+from advsal_jax.studies import store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +136,7 @@ def train(cfg: TrainConfig, *, workdir: str, export_dir: str | None = None,
   model = models.create(cfg.model)
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+  store.write_json(workdir / 'config.json', dataclasses.asdict(cfg))
   mngr = checkpoints.manager(workdir / 'state', max_to_keep=2)
   state = init_state(cfg, tx)
   start_epoch = 0

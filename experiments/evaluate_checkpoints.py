@@ -4,8 +4,6 @@ Example:
   python experiments/evaluate_checkpoints.py --models=alexnet_cifar,cnn_mnist
 """
 
-import json
-import pathlib
 import time
 
 from absl import app
@@ -16,6 +14,7 @@ from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import models
 from advsal_jax import training
+from advsal_jax.studies import store
 
 _MODELS = flags.DEFINE_list('models', None,
                             'Checkpoints to evaluate; default: every registered model that has a '
@@ -49,16 +48,12 @@ def main(argv):
                  'images_per_second': len(ds.labels) / seconds})
     logging.info('%s: %.4f on %d %s test images (%.0f img/s)', name, acc, len(ds.labels),
                  meta['dataset'], len(ds.labels) / seconds)
-  out = pathlib.Path(_OUTPUT.value)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix('.tmp')
-  tmp.write_text(json.dumps(rows, indent=2) + '\n')
-  tmp.replace(out)
+  store.write_json(_OUTPUT.value, rows)
   print(f'{"model":<20} {"dataset":<8} {"test acc":>8} {"img/s":>8}')
   for r in rows:
     print(f'{r["model"]:<20} {r["dataset"]:<8} {r["test_accuracy"]:>8.4f} '
           f'{r["images_per_second"]:>8.0f}')
-  print(f'Wrote {out}')
+  print(f'Wrote {_OUTPUT.value}')
 
 
 if __name__ == '__main__':

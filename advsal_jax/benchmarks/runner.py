@@ -12,7 +12,6 @@ median discards a slow first call.
 """
 
 import dataclasses
-import json
 import os
 import pathlib
 import platform
@@ -35,6 +34,7 @@ from advsal_jax.benchmarks import config
 from advsal_jax.benchmarks import report
 from advsal_jax.benchmarks import torch_peers
 from advsal_jax.benchmarks import workloads
+from advsal_jax.studies import store
 
 METRICS_GOAL = 20.0
 """Target speed-up of the batched metrics over the per-pair scipy/skimage reference."""
@@ -190,19 +190,12 @@ def environment() -> dict[str, Any]:
           'loadavg_at_start': list(os.getloadavg())}
 
 
-def write_atomic(path: pathlib.Path, text: str):
-  """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def _write_results(out: pathlib.Path, run_config: dict[str, Any], env: dict[str, Any],
                    records: list[dict[str, Any]]):
   env = {**env, 'loadavg_at_end': list(os.getloadavg())}
-  write_atomic(out / 'benchmark.json', json.dumps(
-      {'config': run_config, 'environment': env, 'records': records}, indent=2) + '\n')
-  write_atomic(out / 'benchmark.md', report.markdown(records, run_config, env) + '\n')
+  store.write_json(out / 'benchmark.json',
+                   {'config': run_config, 'environment': env, 'records': records})
+  store.write_text(out / 'benchmark.md', report.markdown(records, run_config, env) + '\n')
 
 
 def benchmark(subject: workloads.Subject, x: jax.typing.ArrayLike,
@@ -239,7 +232,7 @@ def benchmark(subject: workloads.Subject, x: jax.typing.ArrayLike,
   out.mkdir(parents=True, exist_ok=True)
   run_config = {**dataclasses.asdict(cfg), 'model_name': subject.name, 'layer': subject.layer,
                 'weights': 'given', 'inputs': 'given', **(info or {})}
-  write_atomic(out / 'config.json', json.dumps(run_config, indent=2) + '\n')
+  store.write_json(out / 'config.json', run_config)
   env = environment()
   options = None if cfg.xla_defaults else compilation.compiler_options()
   env['compiler_options'] = options or {}
