@@ -98,12 +98,13 @@ def _linear_params(rng, h, w, c, k):
   return {'w': jnp.asarray(weights.reshape(-1, k)), 'b': jnp.zeros((1, k), jnp.float32)}
 
 
-def test_pair_statistics_match_a_hand_computation_on_a_linear_model():
+@pytest.mark.parametrize('overlap_percent', [25.0, 75.0])  # 75 %: ties among EGBP's zeros
+def test_pair_statistics_match_a_hand_computation_on_a_linear_model(overlap_percent):
   rng = np.random.default_rng(0)
   h, w, c, k = 4, 5, 3, 4
   params = _linear_params(rng, h, w, c, k)
   x = jnp.asarray(rng.random((2, h, w, c)), jnp.float32)
-  cfg = settings.Config(pair_classes=3, overlap_percent=25.0, seed=3)
+  cfg = settings.Config(pair_classes=3, overlap_percent=overlap_percent, seed=3)
   fill = jnp.asarray([0.1, 0.5, 0.9], jnp.float32)
   index = jnp.asarray([7, 2])
   pairs = jax.jit(functools.partial(batches.pairs_batch, linear_apply, cfg=cfg))
@@ -113,7 +114,7 @@ def test_pair_statistics_match_a_hand_computation_on_a_linear_model():
   np.testing.assert_array_equal(got['top_classes'], np.argsort(-logits, 1)[:, :3])
   tiebreak = np.asarray(batches.uniform_maps(3, index, settings.TIEBREAK_STREAM, (h, w)))
   random_rank = np.asarray(batches.uniform_maps(3, index, settings.RANDOM_RANK_STREAM, (h, w)))
-  n_del = round(0.25 * h * w)
+  n_del = round(overlap_percent / 100 * h * w)
   for b in range(2):
     np.testing.assert_allclose(
         got['gbp_on_fraction'][b], [(weights[..., j] > 0).mean() for j in got['top_classes'][b]])
@@ -151,6 +152,27 @@ def test_pair_statistics_match_a_hand_computation_on_a_linear_model():
         np.testing.assert_allclose(got[f'{name}_margin_drop'][b, p],
                                    per_pixel[order[:n_del]].sum(), rtol=1e-4, atol=1e-5,
                                    err_msg=name)
+
+
+def test_pairs_batch_is_per_example_when_map_values_tie():
+  # One channel and 75 % of the pixels deleted: the deletion reaches the zeros of EGBP(k vs m)
+  # (pixels where n_k <= n_m), whose order is the example's own tiebreak, whatever else is in
+  # the batch.
+  rng = np.random.default_rng(8)
+  h, w, c, k, b = 4, 5, 1, 4, 3
+  params = _linear_params(rng, h, w, c, k)
+  x = jnp.asarray(rng.random((b, h, w, c)), jnp.float32)
+  cfg = settings.Config(pair_classes=3, overlap_percent=75.0, seed=2)
+  fill = jnp.asarray([0.5], jnp.float32)
+  index = jnp.asarray([4, 0, 9])
+  pairs = jax.jit(functools.partial(batches.pairs_batch, linear_apply, cfg=cfg))
+  batched = jax.tree.map(np.asarray, pairs(params, x, index, fill))
+  assert (batched['egbp_margin_drop'] != 0).all()
+  for i in range(b):
+    alone = pairs(params, x[i:i + 1], index[i:i + 1], fill)
+    for name, values in alone.items():
+      np.testing.assert_allclose(batched[name][i], values[0], rtol=1e-5, atol=1e-6,
+                                 err_msg=name)
 
 
 def test_heatmap_and_avg_diff_on_small_fixed_maps():

@@ -116,12 +116,12 @@ def pairs_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Arra
       saliency.heatmap(gk, settings.GBP, normalize=False),
       jnp.tile(uniform_maps(cfg.seed, index, settings.RANDOM_RANK_STREAM, hw),
                (len(pairs), 1, 1))])
+  # Rows are (ranking, pair, example): each row breaks ties with its own example's draw.
   tiebreak = jnp.tile(uniform_maps(cfg.seed, index, settings.TIEBREAK_STREAM, hw),
-                      (3 * len(pairs), 1))
-  ranks = perturbation.pixel_ranks(scores.reshape(3 * n, -1), tiebreak.reshape(3 * n, -1))
-  deleted = perturbation.replace_top(jnp.tile(x, (3 * len(pairs), 1, 1, 1)),
-                                     ranks.reshape(3 * n, *hw), fill_mean.astype(x.dtype),
-                                     overlap_pixels(cfg, hw))
+                      (3 * len(pairs), 1, 1))
+  ranks = perturbation.pixel_ranks(scores, tiebreak)
+  deleted = perturbation.replace_top(jnp.tile(x, (3 * len(pairs), 1, 1, 1)), ranks,
+                                     fill_mean.astype(x.dtype), overlap_pixels(cfg, hw))
   ck, cm = jnp.tile(k_cls[:n], 3), jnp.tile(m_cls[:n], 3)
   after = apply_fn(params, deleted)
   rows = jnp.arange(3 * n)
