@@ -145,13 +145,28 @@ def test_pair_statistics_match_a_hand_computation_on_a_linear_model(overlap_perc
                                  abs(ek.mean() - em.mean()) / max(ek.mean(), em.mean()),
                                  rtol=1e-4, atol=1e-6)
       # Deleting pixels S of a linear model lowers logit_k - logit_m by
-      # sum_{S} (x - fill) . (W_k - W_m).
-      per_pixel = ((np.asarray(x[b]) - np.asarray(fill)) * (sk - sm)).sum(-1).ravel()
-      for name, score in (('egbp', ek), ('gbp', gk), ('random', random_rank[b])):
+      # sum_{S} (x - fill) . (W_k - W_m), which is also its first-order estimate.
+      offset = np.asarray(x[b]) - np.asarray(fill)
+      per_pixel = (offset * (sk - sm)).sum(-1).ravel()
+      for name, score in (('egbp', ek), ('gbp', gk), ('random', random_rank[b]),
+                          ('egbp_swapped', em)):
         order = np.lexsort((tiebreak[b].ravel(), -score.ravel()))
-        np.testing.assert_allclose(got[f'{name}_margin_drop'][b, p],
-                                   per_pixel[order[:n_del]].sum(), rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
+        for stat in ('margin_drop', 'first_order_drop'):
+          np.testing.assert_allclose(got[f'{name}_{stat}'][b, p],
+                                     per_pixel[order[:n_del]].sum(), rtol=1e-4, atol=1e-5,
+                                     err_msg=f'{name}_{stat}')
+      # EGBP(k vs m)'s positive entries on its deleted pixels: margin gradient W_k - W_m > 0,
+      # and x below the fill, each against its share over the whole image.
+      deleted = np.zeros(h * w, bool)
+      deleted[np.lexsort((tiebreak[b].ravel(), -ek.ravel()))[:n_del]] = True
+      on = (ek_c > 0) & deleted.reshape(h, w, 1)
+      np.testing.assert_allclose(got['egbp_gradient_agreement'][b, p],
+                                 ((sk - sm) > 0)[on].mean(), rtol=1e-6)
+      np.testing.assert_allclose(got['egbp_below_fill'][b, p], (offset < 0)[on].mean(),
+                                 rtol=1e-6)
+      np.testing.assert_allclose(got['gradient_positive_share'][b, p], ((sk - sm) > 0).mean(),
+                                 rtol=1e-6)
+      np.testing.assert_allclose(got['below_fill_share'][b, p], (offset < 0).mean(), rtol=1e-6)
 
 
 def test_pairs_batch_is_per_example_when_map_values_tie():
@@ -470,7 +485,8 @@ def test_report_tables_and_a_verdict_are_recomputed_from_the_npz(smoke_run):
   for r, row in enumerate(pairs):
     i, p = divmod(r, 3)
     assert int(row['index']) == npz['pairs/index'][i]
-    for col in ('gbp_sim_ratio', 'gradient_sim_ratio', 'egbp_margin_drop'):
+    for col in ('gbp_sim_ratio', 'gradient_sim_ratio', 'egbp_margin_drop',
+                'egbp_swapped_margin_drop', 'random_first_order_drop', 'egbp_below_fill'):
       np.testing.assert_allclose(float(row[col]), npz[f'pairs/{col}'][i, p], rtol=1e-6)
   # Mann-Whitney p-values and the Fig. 5 EGBP verdict, by scipy, from the npz.
   success = npz['attacks/success']

@@ -56,8 +56,13 @@ def pairs_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Arra
   GBP's on-fractions would reach by chance are the controls. Avg-Diff and Spearman compare
   the unnormalised pixel maps. EGBP's pair is the map of class k against m and of m
   against k (complementary supports by construction), so its separation is also tested
-  directly: the top ``overlap_percent`` pixels of EGBP(k vs m), of GBP(k) and of a random
-  ranking are replaced by ``fill_mean`` and the drop of ``logit_k - logit_m`` is recorded.
+  directly: the top ``overlap_percent`` pixels of each ranking of ``settings.DELETIONS``
+  (EGBP(k vs m), GBP(k), random, EGBP(m vs k)) are replaced by ``fill_mean`` and the drop of
+  ``logit_k - logit_m`` is recorded, with its first-order estimate
+  ``sum_{deleted p} (x_p - fill) . grad_p(logit_k - logit_m)`` (plain gradient). On EGBP(k vs
+  m)'s positive (pixel, channel) entries among its top pixels: the share where the margin's
+  gradient is positive (the map points the right way) and where ``x < fill`` (deleting the
+  entry raises it), each beside its share over all entries of the image.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
@@ -71,7 +76,9 @@ def pairs_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Arra
     ``top_classes`` i32[B,pair_classes], ``gbp_on_fraction`` f32[B,pair_classes] and, with
     P the number of pairs (k the higher-ranked class), f32[B,P]:
     ``{gbp,egbp}_{sim_ratio,avg_diff,spearman}``, ``gradient_sim_ratio``,
-    ``chance_sim_ratio`` and ``{egbp,gbp,random}_margin_drop``.
+    ``chance_sim_ratio``, ``<d>_margin_drop`` and ``<d>_first_order_drop`` for ``d`` in
+    ``settings.DELETIONS``, ``egbp_gradient_agreement``, ``gradient_positive_share``,
+    ``egbp_below_fill`` and ``below_fill_share``.
   """
   b, hw = x.shape[0], x.shape[1:3]
   n_cls = cfg.pair_classes
@@ -109,26 +116,44 @@ def pairs_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Arra
     hv = saliency.heatmap(v, method, normalize=False)
     values[f'{name}_avg_diff'] = metrics.avg_diff(hu, hv)
     values[f'{name}_spearman'] = metrics.spearman(hu, hv)
-  # Deletion: does EGBP(k vs m) find the pixels behind logit_k - logit_m?
-  n = len(pairs) * b
+  # Deletion: does EGBP(k vs m) find the pixels behind logit_k - logit_m? Rows are
+  # (ranking, pair, example), rankings in DELETIONS order; each row breaks map ties with its
+  # own example's draw.
+  n, r = len(pairs) * b, len(settings.DELETIONS)
   scores = jnp.concatenate([
       saliency.heatmap(e1, settings.EGBP, normalize=False),
       saliency.heatmap(gk, settings.GBP, normalize=False),
       jnp.tile(uniform_maps(cfg.seed, index, settings.RANDOM_RANK_STREAM, hw),
-               (len(pairs), 1, 1))])
-  # Rows are (ranking, pair, example): each row breaks ties with its own example's draw.
+               (len(pairs), 1, 1)),
+      saliency.heatmap(e2, settings.EGBP, normalize=False)])
   tiebreak = jnp.tile(uniform_maps(cfg.seed, index, settings.TIEBREAK_STREAM, hw),
-                      (3 * len(pairs), 1, 1))
+                      (r * len(pairs), 1, 1))
   ranks = perturbation.pixel_ranks(scores, tiebreak)
-  deleted = perturbation.replace_top(jnp.tile(x, (3 * len(pairs), 1, 1, 1)), ranks,
-                                     fill_mean.astype(x.dtype), overlap_pixels(cfg, hw))
-  ck, cm = jnp.tile(k_cls[:n], 3), jnp.tile(m_cls[:n], 3)
+  x_pairs = jnp.tile(x, (len(pairs), 1, 1, 1))
+  fill = fill_mean.astype(x.dtype)
+  deleted = perturbation.replace_top(jnp.tile(x_pairs, (r, 1, 1, 1)), ranks, fill,
+                                     overlap_pixels(cfg, hw))
+  ck, cm = jnp.tile(k_cls[:n], r), jnp.tile(m_cls[:n], r)
   after = apply_fn(params, deleted)
-  rows = jnp.arange(3 * n)
-  clean = jnp.tile(logits, (3 * len(pairs), 1))
+  rows = jnp.arange(r * n)
+  clean = jnp.tile(logits, (r * len(pairs), 1))
   drop = (clean[rows, ck] - clean[rows, cm]) - (after[rows, ck] - after[rows, cm])
-  for r, name in enumerate(('egbp', 'gbp', 'random')):
-    values[f'{name}_margin_drop'] = drop[r * n:(r + 1) * n]
+  # To first order, setting pixel p to the fill lowers the margin by (x_p - fill) . grad_p.
+  grad_margin = dk - dm
+  offset = x_pairs - fill[None, None, None]
+  deleted_mask = (ranks < overlap_pixels(cfg, hw)).reshape(r, n, *hw)
+  first_order = jnp.where(deleted_mask, (offset * grad_margin).sum(-1), 0).sum((2, 3))
+  for i, name in enumerate(settings.DELETIONS):
+    values[f'{name}_margin_drop'] = drop[i * n:(i + 1) * n]
+    values[f'{name}_first_order_drop'] = first_order[i]
+  on = (e1 > 0) & deleted_mask[0, ..., None]
+  count = on.sum((1, 2, 3))
+  for name, where in (('egbp_gradient_agreement', grad_margin > 0),
+                      ('egbp_below_fill', offset < 0)):
+    values[name] = jnp.where(count > 0, (on & where).sum((1, 2, 3)) / jnp.maximum(count, 1),
+                             jnp.nan)
+  values['gradient_positive_share'] = (grad_margin > 0).mean((1, 2, 3))
+  values['below_fill_share'] = (offset < 0).mean((1, 2, 3))
   out.update({k: v.reshape(len(pairs), b).T for k, v in values.items()})
   return out
 

@@ -26,9 +26,13 @@ METHODS = ('gradient', GBP, 'smoothgrad', 'grad_cam', 'integrated_gradients', EG
 """The methods of clean_vs_adversarial and recovery (names of ``saliency.REGISTRY``)."""
 DEFAULT_METHOD_KWARGS = {'smoothgrad': {'num_samples': 10, 'noise_level': 0.15},
                          'integrated_gradients': {'num_steps': 16}}
+DELETIONS = ('egbp', 'gbp', 'random', 'egbp_swapped')
+"""Rankings whose top pixels are deleted in the pairs stage's margin test (k vs m: k the
+higher-ranked class): EGBP(k vs m), GBP(k), random, and EGBP(m vs k), whose top pixels are
+m's evidence (deleting them should raise the margin)."""
 SHORT = {GBP: 'GBP', EGBP: 'EGBP', 'integrated_gradients': 'IG', 'grad_cam': 'Grad-CAM',
          'smoothgrad': 'SmoothGrad', 'gradient': 'Gradient', 'random': 'random', 'gbp': 'GBP',
-         'egbp': 'EGBP'}
+         'egbp': 'EGBP', 'egbp_swapped': 'EGBP(m vs k)'}
 """Short labels of the methods and rankings in the report and figures."""
 
 BUDGETS: dict[str, dict[str, float]] = {

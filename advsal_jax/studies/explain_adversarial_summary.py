@@ -17,10 +17,14 @@ from advsal_jax.studies import summary as summ
 
 Results = Mapping[str, Mapping[str, np.ndarray]]
 PAIR_STATS = ('sim_ratio', 'avg_diff', 'spearman')
-DROPS = ('egbp', 'gbp', 'random')
-"""Rankings whose top pixels are deleted in the pairs stage's margin test."""
+EGBP_ENTRIES = ('egbp_gradient_agreement', 'gradient_positive_share', 'egbp_below_fill',
+                'below_fill_share')
+"""EGBP(k vs m)'s positive entries on its deleted pixels: share with a positive margin
+gradient and share below the fill, each followed by its share over the whole image."""
 PAIR_COLUMNS = (*(f'{m}_{s}' for m in ('gbp', 'egbp') for s in PAIR_STATS),
-                'gradient_sim_ratio', 'chance_sim_ratio', *(f'{d}_margin_drop' for d in DROPS))
+                'gradient_sim_ratio', 'chance_sim_ratio',
+                *(f'{d}_{s}' for s in ('margin_drop', 'first_order_drop')
+                  for d in settings.DELETIONS), *EGBP_ENTRIES)
 SHIFT_STATS = ('spearman', 'adv_delta_share')
 """failed_vs_successful: map vs clean map, and map's top pixels vs the perturbation's."""
 SWAPPED = ('swapped_spearman', 'swapped_delta_share')
@@ -137,10 +141,17 @@ def summarize(res: Results, config: Mapping[str, Any]) -> dict[str, Any]:
         'gbp_minus_control_sim_ratio': {
             c: _describe(t['pairs']['gbp_sim_ratio'] - t['pairs'][f'{c}_sim_ratio'], seed)
             for c in ('gradient', 'chance')},
-        'margin_drop': {d: _describe(t['pairs'][f'{d}_margin_drop'], seed) for d in DROPS},
+        **{s: {d: _describe(t['pairs'][f'{d}_{s}'], seed) for d in settings.DELETIONS}
+           for s in ('margin_drop', 'first_order_drop')},
         'egbp_minus_margin_drop': {
             d: _describe(t['pairs']['egbp_margin_drop'] - t['pairs'][f'{d}_margin_drop'], seed)
-            for d in ('gbp', 'random')}}
+            for d in ('gbp', 'random')},
+        'egbp_entries': {c: _describe(t['pairs'][c], seed) for c in EGBP_ENTRIES},
+        'egbp_entries_minus_image': {
+            'gradient_agreement': _describe(t['pairs']['egbp_gradient_agreement']
+                                            - t['pairs']['gradient_positive_share'], seed),
+            'below_fill': _describe(t['pairs']['egbp_below_fill']
+                                    - t['pairs']['below_fill_share'], seed)}}
   if 'attacks' in t:
     a = res['attacks']
     out['clean_accuracy'] = float(np.mean(a['clean_pred'] == a['label']))
