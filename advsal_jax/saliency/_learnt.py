@@ -307,7 +307,7 @@ def alternative_images(key: PRNGKey, x: jax.typing.ArrayLike, *, blur_prob: floa
     colour = jax.random.uniform(k_colour, (c,), minval=0.5 - colour_range / 2,
                                 maxval=0.5 + colour_range / 2)
     noise = noise_std * jax.random.normal(k_noise, (h, w, c))
-    return jax.random.uniform(k_choice) < blur_prob, jnp.clip(colour + noise, 0.0, 1.0)
+    return jax.random.uniform(k_choice) < blur_prob, jnp.clip(colour[None, None] + noise, 0., 1.)
 
   use_blur, noisy = jax.vmap(draw)(keys)
   return jnp.where(use_blur[:, None, None, None], blurred, noisy)
