@@ -50,12 +50,17 @@ def _stationary(apply_p: Callable[[jax.Array], jax.Array], init: jax.Array, tol:
   a flat background, where the plain chain swings between the two). Stops once a step changes
   the distribution by less than ``tol`` (L2 norm, as the reference package) or after
   ``max_iter`` steps. Returns a distribution of ``init``'s shape.
+
+  Under ``vmap`` the loop runs until every chain has stopped; a chain that has stopped stays
+  frozen, so each result is the one it would have alone (batched == per-image).
   """
   def step(state):
-    v, _, i = state
+    v, change, i = state
+    stopped = change <= tol
     new = 0.5 * (v + apply_p(v))
     new = new / jnp.sum(new)
-    return new, jnp.sqrt(jnp.sum(jnp.square(new - v))), i + 1
+    new_change = jnp.sqrt(jnp.sum(jnp.square(new - v)))
+    return (jnp.where(stopped, v, new), jnp.where(stopped, change, new_change), i + 1)
 
   def not_done(state):
     _, change, i = state

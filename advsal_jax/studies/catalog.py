@@ -44,6 +44,9 @@ STUDIES = {s.number: s for s in (
           'Adversarial Inputs on Saliency Maps'),
     Study('001', 'explain_adversarial',
           'Gu & Tresp: Saliency Methods for Explaining Adversarial Attacks'),
+    Study('002', 'advis_sweep',
+          'AdVis.js: Exploring Fast Gradient Sign Method adversarial attacks with CAM and '
+          'graph-based visual saliency'),
     Study('004', 'localize_attacks',
           'Göpfert, Wersing & Hammer: Recovering Localized Adversarial Attacks'),
 )}
