@@ -5,8 +5,9 @@
 # bash run.sh study NNN [FLAGS...]  any study by number; --preset=smoke|default|full among the
 #                                     flags picks the preset (default: default).
 # bash run.sh all [--preset=P]        every study, then results/index.md (one row per study).
-# bash run.sh test [PYTEST ARGS...]   install the dev extras and run the whole test suite
-#                                     (-m "not slow" skips the subprocess kill/resume tests).
+# bash run.sh test [PYTEST ARGS...]   install the dev extras (and Debian's chromium for the page
+#                                     test) and run the whole test suite (-m "not slow" skips
+#                                     the subprocess kill/resume tests).
 # FLAGS go to the study's binary (experiments/<name>.py --help lists them). A killed run
 # continues where it stopped when the same command is run again.
 set -euo pipefail
@@ -31,6 +32,26 @@ install() {
   touch "$stamp"
 }
 
+# The explorer page test drives a real Chromium: Debian's package, installed when missing
+# (as root, or with password-less sudo). Where it could be installed the test requires it;
+# elsewhere it is skipped with a warning.
+browser() {
+  command -v chromium >/dev/null && return 0
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "chromium is not installed and cannot be installed here: the browser test skips." >&2
+      return 0
+    fi
+  fi
+  echo "Installing Debian's chromium for the browser test (log: .venv/apt.log)..."
+  export ADVSAL_REQUIRE_BROWSER=1
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y \
+         -qq --no-install-recommends chromium; } >.venv/apt.log 2>&1; then
+    tail -n 20 .venv/apt.log >&2
+  fi
+}
+
 studies() {  # studies NUMBERS [FLAGS...]; a --preset=P among the flags picks the preset
   local numbers=$1 preset=--preset=default rest=()
   shift
@@ -49,6 +70,7 @@ case "${1:-}" in
   test)
     shift
     install dev
+    browser
     exec .venv/bin/python -m pytest tests "$@"
     ;;
   study)
