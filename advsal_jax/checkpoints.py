@@ -1,10 +1,12 @@
 """Saving and loading model checkpoints (the only module that imports orbax).
 
 A checkpoint is a directory holding ``metadata.json`` (model name, dataset, accuracy,
-training command, data checksums, versions) and ``orbax/<step>/``, an orbax
-``CheckpointManager`` step with the flax variables. The trained checkpoints shipped with
-the project live in ``checkpoints/<model name>/`` at the repository root, or under
-``$ADVSAL_CHECKPOINT_DIR``.
+training command, data checksums, versions, and ``weights_sha256``: the SHA-256 of every
+weight file) and ``orbax/<step>/``, an orbax ``CheckpointManager`` step with the flax
+variables. ``load`` verifies the digests and the stored shapes before restoring anything, so a
+truncated, modified or mismatched checkpoint is an error naming the file, never a model with
+other weights. The trained checkpoints shipped with the project live in
+``checkpoints/<model name>/`` at the repository root, or under ``$ADVSAL_CHECKPOINT_DIR``.
 """
 
 import hashlib
@@ -191,7 +193,8 @@ def _verify_weights(directory: pathlib.Path, metadata: dict):
   if not isinstance(sums, dict) or not sums:
     raise CheckpointError(
         f'{meta_file} records no weights_sha256, so the weights cannot be verified. If the '
-        f'checkpoint is trusted, record them with checkpoints.record_weights_sha256({str(directory)!r}).')
+        'checkpoint is trusted, record them with '
+        f'checkpoints.record_weights_sha256({str(directory)!r}).')
   for rel, want in sorted(sums.items()):
     path = directory / rel
     if not path.resolve().is_relative_to(directory):
