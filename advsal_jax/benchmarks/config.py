@@ -7,7 +7,8 @@ from advsal_jax import attacks
 from advsal_jax import saliency
 
 METRICS_WORKLOAD = 'study000_metrics'
-WORKLOADS = ('forward', *saliency.REGISTRY, *attacks.ATTACKS, METRICS_WORKLOAD)
+SWEEP_WORKLOAD = 'study002_sweep'
+WORKLOADS = ('forward', *saliency.REGISTRY, *attacks.ATTACKS, METRICS_WORKLOAD, SWEEP_WORKLOAD)
 """Every workload name, in the order they run."""
 
 

@@ -2,8 +2,10 @@
 
 One *workload* is one jitted call on a batch: ``forward``, each saliency method of
 ``saliency.REGISTRY`` (called through ``saliency.explain``), each attack of
-``attacks.ATTACKS``, and ``study000_metrics`` (the maps-similarity metrics of study 000 on
-pairs of random maps, also timed against the per-pair scipy/skimage reference).
+``attacks.ATTACKS``, ``study000_metrics`` (the maps-similarity metrics of study 000 on
+pairs of random maps, also timed against the per-pair scipy/skimage reference) and
+``study002_sweep`` (study 002's whole per-batch pipeline on the one model: FGSM at its six
+budgets, top-5 as is and cropped, Grad-CAM, GBVS, DeepFool and every measurement).
 """
 
 import dataclasses
@@ -22,6 +24,7 @@ import skimage.metrics
 from advsal_jax import attacks
 from advsal_jax import saliency
 from advsal_jax.benchmarks import config
+from advsal_jax.studies import advis_sweep
 from advsal_jax.studies import compare_saliency
 from advsal_jax.types import ApplyFn, Params
 
@@ -236,12 +239,30 @@ def _metrics_job(cfg: config.BenchmarkConfig, key: jax.Array) -> Job:
   return Job(fn, (a, b), cfg.metric_pairs, settings, extra, check)
 
 
+def _sweep_job(subject: Subject, x: jax.Array, pred: jax.Array,
+               cfg: config.BenchmarkConfig) -> Job:
+  """Study 002's ``sweep_batch`` with the subject as its only model (labels: predictions)."""
+  study_cfg = advis_sweep.Config(
+      models=(subject.name,), num_figure_images=0,
+      **({} if cfg.deepfool_max_iter is None else {'deepfool_max_iter': cfg.deepfool_max_iter}))
+  classifier = advis_sweep.Classifier(subject.name, subject.apply_fn, subject.layer)
+
+  def fn(variables, images, labels):
+    return advis_sweep.sweep_batch((classifier,), {subject.name: variables}, images, labels,
+                                   cfg=study_cfg)
+
+  settings = {'eps': list(study_cfg.eps), 'deepfool_max_iter': study_cfg.deepfool_max_iter}
+  return Job(fn, (subject.variables, x, pred), x.shape[0], settings)
+
+
 def kind(name: str) -> str:
-  """'forward', 'saliency', 'attack' or 'metrics'."""
+  """'forward', 'saliency', 'attack', 'metrics' or 'pipeline'."""
   if name in saliency.REGISTRY:
     return 'saliency'
   if name in attacks.ATTACKS:
     return 'attack'
+  if name == config.SWEEP_WORKLOAD:
+    return 'pipeline'
   return 'metrics' if name == config.METRICS_WORKLOAD else 'forward'
 
 
@@ -258,4 +279,6 @@ def build_job(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num_cl
     return _attack_job(name, subject, x, pred, num_classes, cfg, key)
   if name == config.METRICS_WORKLOAD:
     return _metrics_job(cfg, key)
+  if name == config.SWEEP_WORKLOAD:
+    return _sweep_job(subject, x, pred, cfg)
   return _forward_job(subject, x)
