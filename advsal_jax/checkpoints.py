@@ -208,6 +208,30 @@ def _verify_weights(directory: pathlib.Path, metadata: dict):
                             f'{want} (truncated, modified or from another checkpoint).')
 
 
+def verify(name_or_path: str | os.PathLike) -> tuple[pathlib.Path, dict]:
+  """Checks a checkpoint's metadata and the SHA-256 of its weight files, reading no weights.
+
+  ``load`` runs it first; a loader of another kind of checkpoint saved with ``save`` (e.g. a
+  masker's) calls it before restoring.
+
+  Args:
+    name_or_path: a registered model name or a checkpoint directory (see ``resolve``).
+
+  Returns:
+    ``(directory, metadata)``.
+
+  Raises:
+    CheckpointError: naming the file: no metadata, metadata that is not a JSON object naming
+      a registered model and an existing step, no ``weights_sha256``, or a weight file that is
+      missing or whose digest differs.
+  """
+  directory = resolve(name_or_path)
+  metadata = _read_metadata(directory)
+  _step(directory, metadata)
+  _verify_weights(directory, metadata)
+  return directory, metadata
+
+
 def _check_architecture(mngr: ocp.CheckpointManager, step: int, abstract: Any,
                         meta_file: pathlib.Path, name: str):
   """Compares the stored array shapes and dtypes with those of ``name`` before restoring."""
@@ -245,10 +269,8 @@ def load(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, dict]:
       weights are missing, truncated, modified (a SHA-256 mismatch) or do not match the
       registered architecture.
   """
-  directory = resolve(name_or_path)
-  metadata = _read_metadata(directory)
-  step = _step(directory, metadata)
-  _verify_weights(directory, metadata)
+  directory, metadata = verify(name_or_path)
+  step = metadata['step']
   name = metadata['model']
   model = models.create(name)
   abstract = jax.eval_shape(lambda: models.init(name, jax.random.key(0))[1])

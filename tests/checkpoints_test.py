@@ -118,3 +118,16 @@ def test_committed_checkpoint_reaches_target_on_full_test_split(name, data_dir):
   assert acc >= TARGET_ACCURACY[name], (name, acc)
   # The metadata reports what the weights really do.
   assert abs(acc - meta['test_accuracy']) < 1e-3
+
+
+def test_verify_returns_the_metadata_or_names_the_damaged_file(tmp_path):
+  _, _, path = _saved(tmp_path)
+  directory, meta = checkpoints.verify(path)
+  assert directory == path and meta == json.loads((path / 'metadata.json').read_text())
+  largest = max((path / 'orbax').rglob('*'), key=lambda f: f.stat().st_size)
+  raw = bytearray(largest.read_bytes())
+  raw[-1] ^= 1
+  largest.write_bytes(bytes(raw))
+  with pytest.raises(checkpoints.CheckpointError, match='SHA-256') as e:
+    checkpoints.verify(path)
+  assert str(largest) in str(e.value)
