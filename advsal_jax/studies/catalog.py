@@ -47,6 +47,8 @@ STUDIES = {s.number: s for s in (
     Study('002', 'advis_sweep',
           'AdVis.js: Exploring Fast Gradient Sign Method adversarial attacks with CAM and '
           'graph-based visual saliency'),
+    Study('003', 'detect_adversarial',
+          'Model-based Saliency for the Detection of Adversarial Examples (ICLR 2020 submission)'),
     Study('004', 'localize_attacks',
           'Göpfert, Wersing & Hammer: Recovering Localized Adversarial Attacks'),
 )}
