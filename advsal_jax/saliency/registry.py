@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from advsal_jax import _checks
 from advsal_jax.saliency import _postprocess
 from advsal_jax.saliency._cam import cam
 from advsal_jax.saliency._cam import grad_cam
@@ -33,7 +34,6 @@ from advsal_jax.saliency._learnt import learnt_saliency
 from advsal_jax.saliency._lime import lime
 from advsal_jax.saliency._lime import lime_explain
 from advsal_jax.saliency._smoothgrad import smoothgrad
-from advsal_jax import _checks
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 FAMILIES: Mapping[str, str] = types.MappingProxyType({
