@@ -90,12 +90,21 @@ def test_save_writes_metadata_atomically(tmp_path, monkeypatch):
     checkpoints.load(path)
 
 
-@pytest.mark.parametrize('name', sorted(TARGET_ACCURACY))
+# Every committed checkpoint, classifiers and any other kind saved with checkpoints.save.
+_COMMITTED = sorted(p.name for p in checkpoints.default_dir().iterdir()
+                    if (p / 'metadata.json').exists())
+
+
+def test_every_target_model_has_a_committed_checkpoint():
+  assert set(TARGET_ACCURACY) <= set(_COMMITTED)
+
+
+@pytest.mark.parametrize('name', _COMMITTED)
 def test_committed_checkpoint_weights_match_their_sha256(name):
   path = checkpoints.default_dir() / name
   meta = json.loads((path / 'metadata.json').read_text())
   assert meta['weights_sha256'] == _independent_sha256(path, meta['step'])
-  checkpoints.load(name)
+  assert checkpoints.verify(path) == (path.resolve(), meta)
 
 
 @pytest.mark.parametrize('name', sorted(TARGET_ACCURACY))
