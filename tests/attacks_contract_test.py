@@ -74,15 +74,19 @@ def test_shape_dtype_bounds_mask_and_jit_equals_eager(name):
 _BUDGET = {'fgsm': 'eps', 'bim': 'eps', 'pgd': 'eps', 'mim': 'step_size',
            'carlini_wagner_l2': 'confidence', 'deepfool': 'overshoot', 'jsma': 'gamma'}
 
+# case -> (change, error, message; '{budget}' is the name of the attack's budget in _BUDGET).
 _BAD_INPUTS = {
-    'negative budget': (dict(negative=True), ValueError, 'must be'),
-    'x above bounds': (dict(x_scale=2.0), ValueError, 'bounds'),
-    'label out of range': (dict(labels=[0, 1, _K]), ValueError, 'labels'),
-    'NaN in x': (dict(nan=True), ValueError, 'NaN'),
-    'integer labels required': (dict(labels=[0.0, 1.0, 2.0]), TypeError, 'labels'),
-    'mask of wrong shape': (dict(mask=np.ones((_B, _H + 1, _W, 1))), ValueError, 'mask'),
-    'non-binary mask': (dict(mask=np.full((_B, _H, _W, 1), 0.5)), ValueError, 'mask'),
-    'bad bounds': (dict(bounds=(1.0, 0.0)), ValueError, 'bounds'),
+    'negative budget': (dict(negative=True), ValueError, '{budget} must be'),
+    'x above bounds': (dict(x_scale=2.0), ValueError, 'x must lie within bounds'),
+    'label out of range': (dict(labels=[0, 1, _K]), ValueError, r'labels must lie in \[0, 3\)'),
+    'NaN in x': (dict(nan=True), ValueError, 'x must be finite'),
+    'integer labels required': (dict(labels=[0.0, 1.0, 2.0]), TypeError,
+                                'labels must be integer'),
+    'mask of wrong shape': (dict(mask=np.ones((_B, _H + 1, _W, 1))), ValueError,
+                            'mask must broadcast to x'),
+    'non-binary mask': (dict(mask=np.full((_B, _H, _W, 1), 0.5)), ValueError,
+                        'mask must contain only 0 and 1'),
+    'bad bounds': (dict(bounds=(1.0, 0.0)), ValueError, 'bounds must be finite with low < high'),
 }
 
 
@@ -104,9 +108,10 @@ def test_bad_inputs_raise_before_compilation(name, case, compile_counter):
   if 'bounds' in change:
     kwargs['bounds'] = change['bounds']
   params = _params()
-  with pytest.raises(error, match=word):
+  before = compile_counter.compiles  # Building the inputs may compile conversions.
+  with pytest.raises(error, match=word.format(budget=_BUDGET[name])):
     attacks.ATTACKS[name](_apply_fn, params, x, labels, **kwargs)
-  assert compile_counter.compiles == 0
+  assert compile_counter.compiles == before
 
 
 @pytest.mark.parametrize('name,kwargs,word', [
@@ -123,9 +128,11 @@ def test_bad_inputs_raise_before_compilation(name, case, compile_counter):
 ])
 def test_attack_specific_validation(name, kwargs, word, compile_counter):
   x, labels, _ = _inputs()
+  params = _params()
+  before = compile_counter.compiles  # Building the inputs may compile conversions.
   with pytest.raises((ValueError, TypeError), match=word):
-    attacks.ATTACKS[name](_apply_fn, _params(), x, labels, **kwargs)
-  assert compile_counter.compiles == 0
+    attacks.ATTACKS[name](_apply_fn, params, x, labels, **kwargs)
+  assert compile_counter.compiles == before
 
 
 def test_value_checks_are_skipped_under_jit():

@@ -43,7 +43,7 @@ def test_matches_numpy_reference(targeted):
 def test_rejects_mismatched_shapes_and_bad_labels():
   w = {'w': jnp.ones((_F, _K))}
   x = np.zeros((_B, _H, _W, _C), np.float32)
-  with pytest.raises(ValueError, match='x_adv'):
+  with pytest.raises(ValueError, match='x_adv must have the shape of x'):
     attacks.evaluate_attack(_linear, w, x, x[:1], np.zeros(_B, np.int32), targeted=False)
   with pytest.raises(ValueError, match='labels'):
     attacks.evaluate_attack(_linear, w, x, x, np.full(_B, _K, np.int32), targeted=False)

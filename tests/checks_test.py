@@ -62,3 +62,39 @@ def test_check_attack_inputs():
     _checks.check_norm('l1')
   with pytest.raises(ValueError, match='eps must be >= 0'):
     _checks.check_budget(-0.1, 'eps', batch=2)
+
+
+@pytest.mark.parametrize('value,kwargs,error,match', [
+    (True, {}, TypeError, 'noise_level must be a real number'),
+    ('0.1', {}, TypeError, 'noise_level must be a real number'),
+    (np.ones(2), {}, ValueError, 'noise_level must be a scalar'),
+    (np.nan, {}, ValueError, r'noise_level must be finite and >= 0, got nan'),
+    (-0.5, {}, ValueError, r'noise_level must be finite and >= 0, got -0.5'),
+    (0.0, {'positive': True}, ValueError, r'noise_level must be finite and > 0, got 0.0'),
+])
+def test_check_scalar(value, kwargs, error, match):
+  with pytest.raises(error, match=match):
+    _checks.check_scalar(value, 'noise_level', **kwargs)
+
+
+def test_check_scalar_accepts_numbers_and_skips_traced_values():
+  for ok in (0, 0.0, np.float32(2.5), jnp.float32(1.0)):
+    _checks.check_scalar(ok, 'noise_level')
+  jax.jit(lambda v: _checks.check_scalar(v, 'noise_level', positive=True))(jnp.float32(-1.0))
+
+
+def test_check_pixels_counts_non_finite_values_and_allows_rounding_slack():
+  x = np.full((1, 2, 2, 1), 0.5, np.float32)
+  with pytest.raises(ValueError, match='x must be finite, got 2 NaN or inf values'):
+    _checks.check_pixels(np.where(np.arange(4).reshape(x.shape) < 2, np.inf, x))
+  _checks.check_pixels(x + 0.5 + 1e-7)  # 1 + f32 rounding is still in [0, 1].
+  with pytest.raises(ValueError, match=r'baseline must lie within bounds \[0.0, 1.0\]'):
+    _checks.check_pixels(x + 0.5 + 1e-5, name='baseline')
+  jax.jit(lambda v: _checks.check_pixels(v))(x * np.nan)  # Traced: values unseen.
+
+
+def test_check_images_refuses_an_empty_batch():
+  with pytest.raises(ValueError, match=r'x must hold at least one image .*\(0, 2, 2, 1\)'):
+    _checks.check_images(_X[:0])
+  with pytest.raises(ValueError, match='x_adv must hold at least one image'):
+    _checks.check_images(_X[:, :0], name='x_adv')

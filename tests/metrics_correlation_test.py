@@ -154,17 +154,17 @@ def test_spearman_rejects_maps_too_large_for_exact_ranks():
                                 metrics.l2_distance])
 def test_errors_name_the_argument(fn):
   a, b = _CASES['random']
-  with pytest.raises(ValueError, match='same shape'):
+  with pytest.raises(ValueError, match='a and b must have the same shape'):
     fn(a, b[:, :8])
   with pytest.raises(ValueError, match='b contains NaN'):
     fn(a, np.where(b > 2, np.nan, b))
   with pytest.raises(ValueError, match='a contains NaN'):
     fn(np.where(a > 2, np.inf, a), b)
-  with pytest.raises(ValueError, match='leading batch axis'):
+  with pytest.raises(ValueError, match='a must have at least 2 dimensions'):
     fn(a[0, 0], b[0, 0])
-  with pytest.raises(TypeError, match='real dtype'):
+  with pytest.raises(TypeError, match='a must have a real dtype'):
     fn(a.astype(np.complex64), b)
-  with pytest.raises(ValueError, match='empty'):
+  with pytest.raises(ValueError, match='a must not be empty'):
     fn(a[:0], b[:0])
 
 

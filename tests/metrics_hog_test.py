@@ -103,7 +103,7 @@ def test_errors():
     metrics.hog(a[:, :15])
   with pytest.raises(ValueError, match='at least 24x16'):
     metrics.hog_pearson(a[:, :20, :20], a[:, :20, :20], cells_per_block=(3, 2))
-  with pytest.raises(ValueError, match='same shape'):
+  with pytest.raises(ValueError, match='a and b must have the same shape'):
     metrics.hog_pearson(a, a[:2])
   with pytest.raises(ValueError, match='images contains NaN'):
     metrics.hog(np.where(a > 0.5, np.nan, a))
@@ -111,7 +111,7 @@ def test_errors():
     metrics.hog(a, block_norm='L3')
   with pytest.raises(ValueError, match='pixels_per_cell'):
     metrics.hog(a, pixels_per_cell=8)
-  with pytest.raises(ValueError, match='3 to 4 dimensions'):
+  with pytest.raises(ValueError, match='images must have 3 to 4 dimensions'):
     metrics.hog(a[0])
 
 

@@ -106,9 +106,9 @@ def test_errors():
     metrics.top_k_mask(np.where(masks, np.nan, x), 3)
   with pytest.raises(TypeError, match='mask_b must be a bool mask'):
     metrics.jaccard(masks, x)
-  with pytest.raises(ValueError, match='same shape'):
+  with pytest.raises(ValueError, match='mask_a and mask_b must have the same shape'):
     metrics.hamming_likeness(masks, masks[:1])
-  with pytest.raises(ValueError, match='same shape'):
+  with pytest.raises(ValueError, match='a and b must have the same shape'):
     metrics.sim_ratio(x, x[:, :4])
   with pytest.raises(ValueError, match='threshold'):
     metrics.sim_ratio(x, x, threshold=-1.0)

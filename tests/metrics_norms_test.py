@@ -44,5 +44,5 @@ def test_errors():
     metrics.l0_norm(delta, atol=-1.0)
   with pytest.raises(ValueError, match='delta contains NaN'):
     metrics.l2_norm(np.full((1, 3), np.nan, np.float32))
-  with pytest.raises(ValueError, match='leading batch axis'):
+  with pytest.raises(ValueError, match='delta must have at least 2 dimensions'):
     metrics.linf_norm(np.zeros(3, np.float32))

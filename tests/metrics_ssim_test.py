@@ -92,17 +92,17 @@ def test_errors():
     metrics.mean_ssim(a[:, :10], b[:, :10], data_range=1.0)
   with pytest.raises(ValueError, match='7x7'):
     metrics.ssim(a[:, :6, :6], b[:, :6, :6], data_range=1.0, gaussian_weights=False)
-  with pytest.raises(ValueError, match='same shape'):
+  with pytest.raises(ValueError, match='a and b must have the same shape'):
     metrics.mean_ssim(a, b[:2], data_range=1.0)
   with pytest.raises(ValueError, match='b contains NaN'):
     metrics.mean_ssim(a, np.where(b > 0.5, np.nan, b), data_range=1.0)
-  with pytest.raises(ValueError, match='3 to 4 dimensions'):
+  with pytest.raises(ValueError, match='a must have 3 to 4 dimensions'):
     metrics.mean_ssim(a[0], b[0], data_range=1.0)
   with pytest.raises(ValueError, match='data_range'):
     metrics.mean_ssim(a, b, data_range=0.0)
   with pytest.raises(ValueError, match='win_size'):
     metrics.mean_ssim(a, b, data_range=1.0, win_size=6)
-  with pytest.raises(TypeError):
+  with pytest.raises(TypeError, match='data_range'):
     metrics.mean_ssim(a, b)  # data_range is required: float maps have no implied range.
 
 

@@ -44,7 +44,7 @@ def test_gradient_x_input_is_per_feature_contribution():
 
 def test_validation_messages():
   apply_fn, params, x, target, _, _ = _linear()
-  with pytest.raises(ValueError, match=r'rank 3'):
+  with pytest.raises(ValueError, match=r'x must be a batch of images.*rank 3'):
     saliency.gradient(apply_fn, params, x[0], target)
   with pytest.raises(ValueError, match=r'target must lie in \[0, 3\)'):
     saliency.gradient(apply_fn, params, x, np.array([0, 1, 3, 0], np.int32))
@@ -52,7 +52,7 @@ def test_validation_messages():
     saliency.gradient(apply_fn, params, x, np.array([0, -1, 2, 0], np.int32))
   with pytest.raises(ValueError, match=r'target must be i32\[B\] with B=4'):
     saliency.gradient(apply_fn, params, x, target[None])
-  with pytest.raises(TypeError, match='floating point'):
+  with pytest.raises(TypeError, match='x must be floating point'):
     saliency.gradient(apply_fn, params, (x * 255).astype(np.uint8), target)
   with pytest.raises(ValueError, match=r'logits f32\[B,K\]'):
     saliency.gradient(lambda p, xx: xx.sum(), params, x, target)

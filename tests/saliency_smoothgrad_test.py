@@ -87,9 +87,9 @@ def test_key_errors(small):
   apply_fn, variables, x, target = small
   with pytest.raises(ValueError, match='key=jax.random.key'):
     saliency.smoothgrad(apply_fn, variables, x, target)
-  with pytest.raises(TypeError, match='typed PRNG key'):
+  with pytest.raises(TypeError, match='key must be a typed PRNG key'):
     saliency.smoothgrad(apply_fn, variables, x, target, key=jax.random.PRNGKey(0))
-  with pytest.raises(ValueError, match=r'shape \(2,\)'):
+  with pytest.raises(ValueError, match=r'key must be a single key .*shape \(2,\)'):
     saliency.smoothgrad(apply_fn, variables, x, target, key=jax.random.split(jax.random.key(0), 3))
   with pytest.raises(ValueError, match='num_samples'):
     saliency.smoothgrad(apply_fn, variables, x, target, key=jax.random.key(0), num_samples=0)

@@ -12,6 +12,7 @@ jit the saliency call instead. The intercepted forward pass goes through
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from advsal_jax import _checks
 from advsal_jax import rewrites
@@ -24,7 +25,7 @@ def _path(module: nn.Module) -> str:
   return '/'.join(module.path)
 
 
-def _find_layer(apply_fn: ApplyFn, params: Params, x: jax.Array,
+def _find_layer(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
                 layer: str) -> tuple[str, jax.ShapeDtypeStruct]:
   """Resolves ``layer`` (module path like 'ir3/dw', or a unique name) to (path, output aval).
 
@@ -48,7 +49,7 @@ def _find_layer(apply_fn: ApplyFn, params: Params, x: jax.Array,
     # A fresh closure: jax caches traces per function, and a cached trace of apply_fn
     # (e.g. from check_inputs) would run no module and so record nothing.
     jax.eval_shape(lambda p, xx: apply_fn(p, xx), params,
-                   jax.ShapeDtypeStruct(x.shape, x.dtype))
+                   jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)))
   if not calls:
     raise ValueError('layer-based saliency methods need a flax.linen apply_fn (e.g. '
                      'model.apply); no flax submodule was called by apply_fn.')
@@ -65,7 +66,7 @@ def _find_layer(apply_fn: ApplyFn, params: Params, x: jax.Array,
     raise ValueError(f'layer {path!r} is called {len(avals)} times per forward pass; its '
                      'activation is ambiguous.')
   aval = avals[0]
-  if aval is None or len(aval.shape) != 4 or aval.shape[0] != x.shape[0]:
+  if aval is None or len(aval.shape) != 4 or aval.shape[0] != np.shape(x)[0]:
     raise ValueError(f'layer {path!r} must output an activation map [B,h,w,k], got '
                      f'{aval}.')
   return path, aval
@@ -132,8 +133,8 @@ def grad_cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   """
   del key
   _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
-  x = jnp.asarray(x)
   path, aval = _find_layer(apply_fn, params, x, layer)
+  x = jnp.asarray(x)
   act, grad = _activation_and_grad(apply_fn, params, x, jnp.asarray(target), path, aval)
   alpha = grad.mean(axis=(1, 2))
   maps = jax.nn.relu(jnp.einsum('bhwk,bk->bhw', act, alpha))
@@ -212,14 +213,14 @@ def cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   """
   del key
   num_classes = _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
-  x = jnp.asarray(x)
   path, aval = _find_layer(apply_fn, params, x, layer)
   kernel = _dense_kernel(params, dense)
+  if kernel.shape != (aval.shape[-1], num_classes):
+    raise ValueError(f'dense kernel {dense!r} must have shape (k, K)=({aval.shape[-1]}, '
+                     f'{num_classes}) to pool layer {path!r}, got {kernel.shape}.')
+  x = jnp.asarray(x)
   act, _ = _activation_and_grad(apply_fn, params, x, jnp.asarray(target), path, aval,
                                 with_grad=False)
-  if kernel.shape != (act.shape[-1], num_classes):
-    raise ValueError(f'dense kernel {dense!r} must have shape (k, K)=({act.shape[-1]}, '
-                     f'{num_classes}) to pool layer {path!r}, got {kernel.shape}.')
   weights = jnp.take(kernel.T, jnp.asarray(target), axis=0)
   maps = jax.nn.relu(jnp.einsum('bhwk,bk->bhw', act, weights))
   return _upsample(maps, x.shape[1], x.shape[2])

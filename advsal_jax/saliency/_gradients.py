@@ -21,12 +21,8 @@ from advsal_jax import rewrites
 from advsal_jax.types import ApplyFn, Params, PRNGKey
 
 
-def per_example_keys(key: PRNGKey | None, batch: int, method: str) -> jax.Array:
-  """Returns one typed key per example: ``key[b]`` for a batch of keys, else ``split(key, B)[b]``.
-
-  Example ``b`` of a batch explained with a single key ``k`` therefore gets exactly the same
-  noise as the batch of one ``x[b:b+1]`` explained with the key batch
-  ``jax.random.split(k, B)[b:b+1]``; noise never depends on the other examples.
+def check_key(key: PRNGKey | None, batch: int, method: str):
+  """Checks ``key`` is a typed key of shape ``()`` or ``(B,)`` (shapes only: no computation).
 
   Raises:
     ValueError: ``key`` is missing or has a shape other than ``()`` or ``(B,)``.
@@ -39,12 +35,23 @@ def per_example_keys(key: PRNGKey | None, batch: int, method: str) -> jax.Array:
     raise TypeError(f'key must be a typed PRNG key from jax.random.key, got '
                     f'{getattr(key, "dtype", type(key))}; wrap legacy uint32 keys with '
                     'jax.random.wrap_key_data.')
-  if key.shape == ():
-    return jax.random.split(key, batch)
-  if key.shape == (batch,):
-    return key
-  raise ValueError(f'key must be a single key (shape ()) or one key per example (shape '
-                   f'({batch},)), got shape {key.shape}.')
+  if key.shape not in ((), (batch,)):
+    raise ValueError(f'key must be a single key (shape ()) or one key per example (shape '
+                     f'({batch},)), got shape {key.shape}.')
+
+
+def per_example_keys(key: PRNGKey | None, batch: int, method: str) -> jax.Array:
+  """Returns one typed key per example: ``key[b]`` for a batch of keys, else ``split(key, B)[b]``.
+
+  Example ``b`` of a batch explained with a single key ``k`` therefore gets exactly the same
+  noise as the batch of one ``x[b:b+1]`` explained with the key batch
+  ``jax.random.split(k, B)[b:b+1]``; noise never depends on the other examples.
+
+  Raises:
+    ValueError, TypeError: as ``check_key``.
+  """
+  check_key(key, batch, method)
+  return jax.random.split(key, batch) if key.shape == () else key
 
 
 def target_logits(apply_fn: ApplyFn, params: Params, x: jax.Array,
@@ -144,4 +151,5 @@ def gradient_x_input(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   References:
     Shrikumar et al., Not Just a Black Box, arXiv:1605.01713.
   """
-  return jnp.asarray(x) * gradient(apply_fn, params, x, target, key=key)
+  grad = gradient(apply_fn, params, x, target, key=key)  # Checks the arguments first.
+  return jnp.asarray(x) * grad

@@ -168,16 +168,17 @@ def enhanced_guided_backprop(apply_fn: ApplyFn, params: Params, x: jax.typing.Ar
   """
   del key
   num_classes = _checks.check_classifier_inputs(apply_fn, params, x, target, name='target')
+  if contrast_class is not None:
+    _checks.check_labels(apply_fn, params, x, contrast_class, name='contrast_class')
+  elif num_classes < 2:
+    raise ValueError('enhanced_guided_backprop needs at least 2 classes for a contrast.')
   x = jnp.asarray(x)
   target = jnp.asarray(target)
   if contrast_class is None:
-    if num_classes < 2:
-      raise ValueError('enhanced_guided_backprop needs at least 2 classes for a contrast.')
     logits = apply_fn(params, x)
     is_target = jnp.arange(num_classes)[None, :] == target[:, None]
     contrast_class = jnp.argmax(jnp.where(is_target, -jnp.inf, logits), axis=1)
   else:
-    _checks.check_classifier_inputs(apply_fn, params, x, contrast_class, name='contrast_class')
     contrast_class = jnp.asarray(contrast_class)
 
   def energy_normalised(s):

@@ -82,19 +82,20 @@ def integrated_gradients(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
   alphas, weights = quadrature(rule, num_steps)
   if batch_size is not None:
     _checks.check_count(batch_size, 'batch_size')
+  if baseline is not None:
+    x_shape, b_shape = tuple(np.shape(x)), np.shape(baseline)
+    try:
+      np.broadcast_shapes(b_shape, x_shape)
+    except ValueError:
+      raise ValueError(f'baseline must broadcast to x.shape {x_shape}, got {b_shape}.') from None
+    if len(b_shape) > 4 or np.broadcast_shapes(b_shape, x_shape) != x_shape:
+      raise ValueError(f'baseline must broadcast to x.shape {x_shape}, got {b_shape}.')
+    _checks.check_pixels(baseline, name='baseline')
   x = jnp.asarray(x)
   target = jnp.asarray(target)
   if baseline is None:
     baseline = jnp.zeros_like(x)
   else:
-    b_shape = np.shape(baseline)
-    try:
-      np.broadcast_shapes(b_shape, x.shape)
-    except ValueError:
-      raise ValueError(f'baseline must broadcast to x.shape {x.shape}, got {b_shape}.') from None
-    if len(b_shape) > 4 or np.broadcast_shapes(b_shape, x.shape) != x.shape:
-      raise ValueError(f'baseline must broadcast to x.shape {x.shape}, got {b_shape}.')
-    _checks.check_pixels(baseline, name='baseline')
     baseline = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
   delta = x - baseline
   batch = x.shape[0]

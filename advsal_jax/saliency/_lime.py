@@ -172,7 +172,7 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     _checks.check_pixels(fill, name='fill')
   _checks.check_scalar(kernel_width, 'kernel_width', positive=True)
   _checks.check_scalar(ridge_alpha, 'ridge_alpha', positive=True)
-  keys = _gradients.per_example_keys(key, batch, 'lime')
+  _gradients.check_key(key, batch, 'lime')
   if segments is None:
     if isinstance(x, jax.core.Tracer):
       raise ValueError('lime segments images on the host; under jax.jit pass segments= '
@@ -192,6 +192,7 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     raise ValueError(f'segments must lie in [0, {num_segments}), got '
                      f'[{np.min(segments)}, {np.max(segments)}].')
 
+  keys = _gradients.per_example_keys(key, batch, 'lime')
   x = jnp.asarray(x)
   target = jnp.asarray(target)
   segments = jnp.asarray(segments, jnp.int32)
