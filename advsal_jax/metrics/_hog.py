@@ -157,7 +157,8 @@ def hog(images: ArrayLike, *, orientations: int = 9, pixels_per_cell: tuple[int,
 
   Returns:
     f32[B, D] with D = n_blocks_row * n_blocks_col * cells_per_block[0] * cells_per_block[1] *
-    orientations (324 for 32x32 maps with the defaults); values in [0, 1].
+    orientations (324 for 32x32 maps with the defaults); values in [0, 1]; all zero for a
+    constant map (no gradient anywhere).
 
   Raises:
     ValueError: rank not 3 or 4, non-finite values, bad hyper-parameters, or maps smaller than

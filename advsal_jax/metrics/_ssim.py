@@ -143,7 +143,9 @@ def ssim(a: ArrayLike, b: ArrayLike, *, data_range: float, gaussian_weights: boo
 
   Returns:
     f32 of ``a``'s shape: SSIM at each pixel, in [-1, 1]. Boundary pixels use scipy's
-    'reflect' extension, as skimage does.
+    'reflect' extension, as skimage does. Two constant maps ``u`` and ``v`` (all-zero ones
+    included) get the luminance term ``(2 u v + C1) / (u**2 + v**2 + C1)`` everywhere: 1 when
+    they are equal.
 
   Raises:
     ValueError: shapes differ, rank not 3 or 4, non-finite values, bad ``data_range``,
@@ -167,7 +169,8 @@ def mean_ssim(a: ArrayLike, b: ArrayLike, *, data_range: float, gaussian_weights
   ``(win_size - 1) // 2`` from the border (skimage's crop), then over channels.
 
   Returns:
-    f32[B] in [-1, 1]; 1 for identical maps (constant maps included).
+    f32[B] in [-1, 1]; 1 for identical maps (constant maps included); for two constant maps
+    the luminance term (see ``ssim``).
 
   Raises:
     ValueError, TypeError: as ``ssim``.

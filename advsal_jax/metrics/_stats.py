@@ -72,7 +72,8 @@ def mann_whitney_u(x: ArrayLike, y: ArrayLike, *, method: str = 'auto',
     use_continuity: continuity correction of the asymptotic p-value.
 
   Returns:
-    ``MannWhitneyResult(statistic, pvalue, rank_biserial)`` as Python floats.
+    ``MannWhitneyResult(statistic, pvalue, rank_biserial)`` as Python floats. Two samples of
+    one common value give ``U = n_x n_y / 2``, p-value 1 and rank-biserial 0.
 
   Raises:
     ValueError: a sample is not 1-D, empty, or has NaN/inf.

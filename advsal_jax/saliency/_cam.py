@@ -122,7 +122,8 @@ def grad_cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     layer: module path ('conv5', 'ir3/dw') or unique module name. Static under ``jax.jit``.
 
   Returns:
-    f32[B,H,W,1] non-negative map.
+    f32[B,H,W,1] non-negative map; all zero when the target logit does not depend on the
+    layer's activation (zero gradient) or the activation is zero.
 
   Raises:
     ValueError: unknown layer (the message lists valid ones), malformed ``x``/``target``.
@@ -203,7 +204,8 @@ def cam(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
     dense: module path of the final dense layer. Static under ``jax.jit``.
 
   Returns:
-    f32[B,H,W,1] non-negative map, bilinearly upsampled.
+    f32[B,H,W,1] non-negative map, bilinearly upsampled; all zero when the activation or the
+    target's dense weights are zero.
 
   Raises:
     ValueError: unknown layer or dense layer, kernel shape not ``[k, K]``.

@@ -9,6 +9,11 @@ non-empty floating-point batch [B,H,W,C] (integer images raise a TypeError; floa
 are computed in float32), finite and in [0, 1]; ``target`` one integer class in [0, K) per
 image. Under ``jax.jit`` only the shape and dtype checks run: traced values cannot be
 inspected, so a NaN image then gives a NaN attribution.
+
+A model whose logits do not depend on ``x`` (zero gradient) gets a finite, all-zero
+attribution from every gradient-based method, CAM family and LIME (no division by a zero
+norm: enhanced Guided Backprop leaves all-zero channels at zero); ``heatmap`` then returns
+all-zero maps, on which the correlation metrics are NaN.
 """
 
 from typing import Any, Callable

@@ -124,6 +124,10 @@ def lime_explain(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   by ``fill``, the kernel ``sqrt(exp(-d^2 / kernel_width^2))`` on the cosine distance ``d``
   between ``z`` and the all-ones vector, and a weighted ridge fit (``weighted_ridge``).
 
+  When every perturbed copy gets the same logit (a model that ignores ``x``, or an image of
+  one segment filled with its own mean colour) the coefficients are 0 and the intercept is
+  that logit. An image of one segment has the single coefficient of the one-feature ridge.
+
   Randomness: example ``b`` uses ``split(key, B)[b]`` (or ``key[b]``), sample ``n`` the key
   ``fold_in(that_key, n)`` drawing ``num_segments`` bits; so results do not depend on
   ``batch_size`` or on the other examples, given the same ``num_segments``.
