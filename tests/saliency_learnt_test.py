@@ -244,10 +244,12 @@ def test_variables_split_into_decoder_and_classifier_and_join_again(tiny):
 
 
 def test_learnt_saliency_refuses_a_classifier(tiny):
-  model, variables, _, _ = tiny
+  model, variables, masker, _ = tiny
   x = jnp.zeros((2, H, W, C))
   with pytest.raises(ValueError, match='apply_fn and variables of a masking model'):
     saliency.learnt_saliency(model.apply, variables, x, jnp.array([0, 1]))
+  with pytest.raises(ValueError, match='apply_fn and variables of a masking model'):
+    saliency.learnt_saliency(masker.apply, variables, x, jnp.array([0, 1]))
 
 
 def _save_masker(root, classifier_dir):

@@ -20,6 +20,7 @@ quarter of 224 px) with a sigmoid, and upsampled bilinearly to the input.
 import dataclasses
 import json
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -220,7 +221,7 @@ def learnt_saliency(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   classify = _classify_fn(apply_fn)
   try:
     _checks.num_classes(classify, params, x)
-  except (AttributeError, TypeError, KeyError, ValueError) as e:
+  except (AttributeError, TypeError, KeyError, ValueError, flax.errors.FlaxError) as e:
     raise ValueError('learnt_saliency needs the apply_fn and variables of a masking model '
                      '(saliency.load_masker or Masker.apply), with a classify method; the '
                      f'given apply_fn/params failed as one ({type(e).__name__}: {e}).') from e
