@@ -22,6 +22,7 @@ from advsal_jax import data
 from advsal_jax import saliency
 from advsal_jax.studies import catalog
 from advsal_jax.studies import detect_adversarial as study
+from advsal_jax.studies import detect_adversarial_claims
 from advsal_jax.studies import detect_adversarial_report as study_report
 from advsal_jax.studies import store
 
@@ -314,3 +315,35 @@ def test_binary_killed_mid_run_resumes_to_the_same_tables(checkpoint_and_data, t
   assert proc.returncode == 0, proc.stderr[-4000:]
   for name in ('per_example.csv', 'summary.json'):
     assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def _stats(mean, half=0.1, n=50):
+  return {'n': n, 'n_undefined': 0, 'mean': mean, 'std': half, 'ci_low': mean - half,
+          'ci_high': mean + half}
+
+
+def _summary(learnt_shift, gradient_shift, pvalue, r):
+  entry = lambda shift: {'adversarial': _stats(shift), 'all': _stats(shift),
+                         'mann_whitney': {'u': 1.0, 'pvalue': pvalue, 'rank_biserial': r,
+                                          'n_x': 50, 'n_y': 50}}
+  sizes = {'fgsm': (1.0, 0.2), 'jsma': (0.05, 0.3), 'deepfool': (0.5, 0.05)}
+  return {'different': {'learnt': _stats(2.0), 'gradient': _stats(2.0)},
+          'attacks': {n: {'success': _stats(0.9), 'learnt': entry(learnt_shift),
+                          'gradient': entry(gradient_shift),
+                          'sizes': {'l0': _stats(l0, 0.01), 'l2': _stats(l2, 0.01),
+                                    'linf': _stats(0.3, 0.01)}}
+                      for n, (l0, l2) in sizes.items()}}
+
+
+@pytest.mark.parametrize('learnt, gradient, p, r, want', [
+    (3.0, 1.0, 1e-6, 0.8, 'holds'),           # learnt shifts beyond the baseline, gradient not
+    (0.5, 2.0, 1e-6, -0.8, 'does not hold'),  # the reverse
+])
+def test_claims_follow_the_numbers(learnt, gradient, p, r, want):
+  config = {'attacks': ['fgsm', 'jsma', 'deepfool'], 'dataset': 'cifar10'}
+  got = detect_adversarial_claims.claims(_summary(learnt, gradient, p, r), config)
+  assert [c.verdict for c in got[:3]] == [want] * 3
+  # Sizes do not change with the shift: DeepFool's L2 is below FGSM's and JSMA's, and JSMA
+  # changes the fewest pixels.
+  assert [c.verdict for c in got[3:5]] == ['holds', 'holds']
+  assert got[-1].verdict == 'cannot be tested' and 'ASSIRA' in got[-1].text

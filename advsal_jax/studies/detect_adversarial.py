@@ -256,6 +256,11 @@ def perturbation_sizes(delta: jax.Array, *, l0_atol: float) -> dict[str, jax.Arr
           'linf': metrics.linf_norm(delta)}
 
 
+def classify_fn(mask_fn: Callable) -> Callable:
+  """``classify(params, x) -> logits``: the masker's ``classify`` method as an ``apply_fn``."""
+  return lambda params, x: mask_fn(params, x, method='classify')
+
+
 def saliency_maps(mask_fn: Callable, params: Params, x: jax.Array,
                   target: jax.Array) -> dict[str, jax.Array]:
   """Both map kinds of ``target`` on ``x``: {'learnt', 'gradient'} -> f32[B,H,W].
@@ -269,11 +274,6 @@ def saliency_maps(mask_fn: Callable, params: Params, x: jax.Array,
   classify = classify_fn(mask_fn)
   return {'learnt': saliency.learnt_saliency(mask_fn, params, x, target)[..., 0],
           'gradient': jnp.abs(saliency.gradient(classify, params, x, target)).sum(axis=-1)}
-
-
-def classify_fn(mask_fn: Callable) -> Callable:
-  """``classify(params, x) -> logits``: the masker's ``classify`` method as an ``apply_fn``."""
-  return lambda params, x: mask_fn(params, x, method='classify')
 
 
 def shift_batch(mask_fn: Callable, params: Params, x: jax.Array, labels: jax.Array,
