@@ -27,8 +27,9 @@ A row is one of:
 * ``NoArguments``: the function takes no argument that could be bad.
 
 Missing files raise ``FileNotFoundError`` naming the path (as ``data.load`` documents).
-Rows marked ``xfail`` (strict) name a check the library lacks in a module owned elsewhere;
-they turn into failures (XPASS) once the check lands, so the mark is then removed.
+Rows marked ``xfail`` (strict) name a check the library still lacks (in ``data``,
+``checkpoints`` and the GBVS and learnt-saliency modules); they turn into failures (XPASS)
+once the check lands, so the mark is then removed.
 """
 
 import dataclasses
@@ -326,7 +327,8 @@ TABLE: dict[str, Entry] = {
     'saliency.lime': Entry(
         _classifier(key=jax.random.key(1), segments=SEGMENTS, num_segments=4, num_samples=8),
         _saliency_method(**{
-            'key: missing': Elsewhere('saliency_lime_test.py::test_chunked_equals_unchunked_and_errors'),
+            'key: missing': Elsewhere(
+                'saliency_lime_test.py::test_chunked_equals_unchunked_and_errors'),
             'segments: wrong shape': Elsewhere(
                 'saliency_lime_test.py::test_chunked_equals_unchunked_and_errors'),
             'num_segments: missing under jit': Elsewhere(
@@ -487,7 +489,8 @@ TABLE: dict[str, Entry] = {
 
     # Attacks.
     'attacks.fgsm': Entry(_attack(eps=0.1), _attack_rows(**{
-        'objective: unknown': Elsewhere('attacks_contract_test.py::test_attack_specific_validation'),
+        'objective: unknown': Elsewhere(
+            'attacks_contract_test.py::test_attack_specific_validation'),
         'norm: unknown': Raises('norm', 'l1', ValueError, 'norm must be one of'),
         'eps: NaN': Raises('eps', np.nan, ValueError, 'eps must be finite', UNCHECKED),
         'eps: wrong shape': Raises('eps', np.full(B + 1, 0.1), ValueError,
@@ -708,7 +711,8 @@ TABLE: dict[str, Entry] = {
                              'TypeError, which does not name root')}),
     'data.load': Entry(_plain(name='cifar10', split='test', data_dir=TmpPath('data')), {
         'name, split: unknown': Elsewhere('data_test.py::test_unknown_name_or_split'),
-        'data_dir: missing files': Elsewhere('data_test.py::test_missing_dataset_says_where_it_looked'),
+        'data_dir: missing files': Elsewhere(
+            'data_test.py::test_missing_dataset_says_where_it_looked'),
         'files: truncated, corrupt or hostile': Elsewhere(
             'hostile_files_test.py::test_truncated_cifar_batch_names_the_file')}),
     'data.checksums': Entry(_plain(name='cifar10', split='test', data_dir=TmpPath('data')), {

@@ -107,7 +107,8 @@ ELSEWHERE = {
     **{f'saliency.{name}': _CONTRACT for name, spec in saliency.REGISTRY.items()
        if spec.fn is getattr(saliency, name, None)},
     'saliency.explain': _CONTRACT,
-    'metrics.bootstrap_ci': 'metrics_stats_test.py::test_bootstrap_ci_is_seeded_and_has_normal_theory_width',
+    'metrics.bootstrap_ci':
+        'metrics_stats_test.py::test_bootstrap_ci_is_seeded_and_has_normal_theory_width',
 }
 
 
