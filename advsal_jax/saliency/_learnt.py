@@ -18,7 +18,6 @@ quarter of 224 px) with a sigmoid, and upsampled bilinearly to the input.
 """
 
 import dataclasses
-import json
 
 import flax.errors
 import flax.linen as nn
@@ -426,20 +425,12 @@ def load_masker(name_or_path: str) -> tuple[Masker, Params, dict]:
     gives masks.
 
   Raises:
-    checkpoints.CheckpointError: missing or malformed metadata, not a masker checkpoint, a
+    checkpoints.CheckpointError: missing or malformed metadata, weight files whose SHA-256
+      differs from the metadata's (``checkpoints.verify``), not a masker checkpoint, a
       classifier checkpoint that is missing or is no longer the one the masker was trained
       for, or weights that do not restore.
   """
-  directory = checkpoints.resolve(name_or_path)
-  meta_file = directory / checkpoints.METADATA_FILE
-  if not meta_file.exists():
-    raise checkpoints.CheckpointError(
-        f'No masker checkpoint at {directory} ({checkpoints.METADATA_FILE} missing); train one '
-        'with experiments/train_masker.py.')
-  try:
-    metadata = json.loads(meta_file.read_text())
-  except json.JSONDecodeError as e:
-    raise checkpoints.CheckpointError(f'{meta_file} is not valid JSON: {e}.') from e
+  directory, metadata = checkpoints.verify(name_or_path)
   if metadata.get('kind') != 'masker' or 'masker' not in metadata:
     raise checkpoints.CheckpointError(
         f'{directory} is not a masker checkpoint (its metadata has no kind "masker"); load '
