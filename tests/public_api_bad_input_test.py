@@ -1,10 +1,11 @@
 """Bad input over the whole public API: one table, one row per (function, kind of bad input).
 
 The table ``TABLE`` is the documentation of what each exported function refuses. Every
-callable exported by ``saliency``, ``attacks``, ``metrics`` (their ``__all__``), ``data`` and
-``checkpoints`` (their ``__all__`` when they define one, else the public functions and classes
-they define) has an entry; types and constants are listed in ``NOT_FUNCTIONS`` with a
-reason. ``test_every_exported_callable_has_a_row`` fails on a new export without an entry.
+callable exported by ``saliency``, ``attacks``, ``metrics`` (their ``__all__``), ``data``,
+``checkpoints`` and ``perturbation`` (their ``__all__`` when they define one, else the public
+functions and classes they define) has an entry; types and constants are listed in
+``NOT_FUNCTIONS`` with a reason. ``test_every_exported_callable_has_a_row`` fails on a new
+export without an entry.
 
 A row is one of:
 
@@ -48,12 +49,13 @@ from advsal_jax import attacks
 from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import metrics
+from advsal_jax import perturbation
 from advsal_jax import saliency
 
 from testing_utils import grid_segments, TinyNet
 
 MODULES = {'saliency': saliency, 'attacks': attacks, 'metrics': metrics, 'data': data,
-           'checkpoints': checkpoints}
+           'checkpoints': checkpoints, 'perturbation': perturbation}
 _TESTS_DIR = pathlib.Path(__file__).parent
 
 B, H, W, C, K = 2, 8, 8, 3, 3
@@ -71,6 +73,9 @@ MASK_A, MASK_B = MAPS > 0.5, MAPS_B > 0.4
 SEGMENTS = grid_segments(B, H, W)
 LOGITS = _RNG.normal(size=(B, K)).astype(np.float32)
 SAMPLE = _RNG.normal(size=12)
+SCORES = X[..., 0]
+TIEBREAK = _RNG.uniform(size=(B, H, W)).astype(np.float32)
+RANKS = np.broadcast_to(np.arange(H * W)[::-1].reshape(H, W), (B, H, W)).astype(np.int32)
 
 
 # Row kinds.
@@ -267,6 +272,9 @@ _LEARNT = 'needs check in saliency/_learnt.py: '
 _GBVS = 'needs check in saliency/_gbvs.py: '
 _DATA = 'needs check in data.py: '
 _CKPT = 'needs check in checkpoints.py: '
+_PERT = 'needs check in perturbation.py: '
+_PERT_ORDER = (_PERT + 'fill_images converts x to a device array (a compiled transfer) before '
+               'checking fill, mean and keys')
 
 
 # The table: '<module>.<name>' -> Entry.
@@ -742,6 +750,72 @@ TABLE: dict[str, Entry] = {
                           xfail=_DATA + 'a negative pad fails inside jnp.pad without naming '
                           'pad')}),
 
+    # Pixel-perturbation curves.
+    'perturbation.pixel_counts': Entry(_plain(percentages=[0.0, 50.0], num_pixels=H * W), {
+        'percentages: outside [0, 100]': Raises(
+            'percentages', [0.0, 150.0], ValueError,
+            r'percentages must be a 1-D sequence in \[0, 100\]'),
+        'percentages: NaN': Raises('percentages', [np.nan], ValueError,
+                                   'percentages must be a 1-D sequence'),
+        'num_pixels < 1': Raises('num_pixels', 0, ValueError, 'num_pixels must be >= 1')},
+        host=True),
+    'perturbation.pixel_ranks': Entry(_plain(scores=SCORES, tiebreak=TIEBREAK), {
+        'tiebreak: other shape': Raises('tiebreak', TIEBREAK[:, :4], ValueError,
+                                        'tiebreak must have shape', TRACED),
+        'scores: integer': Raises('scores', RANKS, TypeError, 'scores must be floating point',
+                                  TRACED),
+        'scores: batch of zero': Raises('scores', SCORES[:0], ValueError,
+                                        'scores must be a non-empty batch', TRACED),
+        'scores: NaN': Raises('scores', _poke(SCORES, np.nan), ValueError, 'scores must be finite',
+                              UNCHECKED, xfail=_PERT + 'pixel_ranks ranks NaN scores silently')}),
+    'perturbation.replace_top': Entry(_plain(x=X, ranks=RANKS, fill=np.zeros(C, np.float32),
+                                             k=3), {
+        'x: wrong rank': Raises('x', X[0], ValueError, 'x must be a non-empty batch of images',
+                                TRACED),
+        'x: integer': Raises('x', X.astype(np.uint8), TypeError, 'x must be floating point',
+                             TRACED),
+        'ranks: other shape': Raises('ranks', RANKS[:, :4], ValueError, 'ranks must have shape',
+                                     TRACED),
+        'fill: does not broadcast': Raises('fill', np.zeros(2, np.float32), ValueError,
+                                           "fill must broadcast to x's shape", TRACED),
+        'x: NaN': Propagates('x', _poke(X, np.nan), 'a step of perturbation_curves, on traced '
+                             'images')}),
+    'perturbation.gaussian_blur': Entry(_plain(x=X, sigma=1.0), {
+        'sigma <= 0': Raises('sigma', 0.0, ValueError, 'sigma must be a finite number > 0'),
+        'sigma: NaN': Raises('sigma', np.nan, ValueError, 'sigma must be a finite number'),
+        'x: wrong rank': Raises('x', X[0], ValueError, 'x must be a non-empty batch of images',
+                                TRACED),
+        'x: float64': Accepts('x', X.astype(np.float64), 'computed in float32')}),
+    'perturbation.fill_images': Entry(_plain(x=X, fill='mean', mean=np.full(C, 0.5, np.float32)), {
+        'x: wrong rank': Raises('x', X[0], ValueError, 'x must be a non-empty batch of images',
+                                TRACED),
+        'fill: unknown': Raises('fill', 'zero', ValueError, 'fill must be one of',
+                                xfail=_PERT_ORDER),
+        'mean: wrong length': Raises('mean', np.zeros(2, np.float32), ValueError,
+                                     r'mean must be a colour f32\[3\]', xfail=_PERT_ORDER),
+        'keys: missing': Raises('fill', 'noise', ValueError, r'keys must be key\[2\]',
+                                xfail=_PERT_ORDER)}),
+    'perturbation.perturbation_curves': Entry(
+        lambda _: dict(apply_fn=_tiny_net()[0].apply, params=_tiny_net()[1], x=X,
+                       scores=SCORES[None], tiebreak=TIEBREAK, fill=np.zeros_like(X),
+                       num_pixels=np.array([0, 3], np.int32)), {
+            'x: NaN': Raises('x', _poke(X, np.nan), ValueError, 'x must be finite', UNCHECKED,
+                             xfail=_PERT + 'perturbation_curves checks no pixel values '
+                             '(NaN/inf/[0, 1]) of x or fill'),
+            'x: integer': Raises('x', X.astype(np.uint8), TypeError, 'x must be floating point',
+                                 TRACED),
+            'scores: not [R,B,H,W]': Raises('scores', SCORES, ValueError,
+                                            r'scores must be f32\[R,2,8,8\]', TRACED),
+            'tiebreak: other shape': Raises('tiebreak', TIEBREAK[:, :4], ValueError,
+                                            'tiebreak must have shape', TRACED),
+            'fill: other shape': Raises('fill', X[:1], ValueError, "fill must have x's shape",
+                                        TRACED),
+            'num_pixels: out of range': Raises('num_pixels', np.array([0, H * W + 1], np.int32),
+                                               ValueError, r'num_pixels must lie in \[0, 64\]',
+                                               UNCHECKED),
+            'num_pixels: not integer': Raises('num_pixels', np.array([0.0, 3.0]), ValueError,
+                                              'num_pixels must be a 1-D integer array', TRACED)}),
+
     # Checkpoints.
     'checkpoints.default_dir': Entry(_plain(), {
         'no arguments': NoArguments('reads $ADVSAL_CHECKPOINT_DIR; load reports a missing '
@@ -758,8 +832,8 @@ TABLE: dict[str, Entry] = {
         'metadata: another architecture': Elsewhere(
             'hostile_files_test.py::test_metadata_naming_another_architecture_is_refused')}),
     'checkpoints.save': Entry(
-        lambda tmp: dict(directory=tmp / 'ckpt', model_name='cnn_mnist', variables={},
-                         metadata={}), {
+        lambda tmp: dict(directory=tmp / 'ckpt', model_name='cnn_mnist',
+                         variables={'w': np.zeros(2, np.float32)}, metadata={}), {
             'model_name: unknown': Raises('model_name', 'resnet', ValueError,
                                           "model 'resnet'"),
             'metadata: not a dict': Raises('metadata', [], TypeError, 'metadata',
@@ -820,6 +894,7 @@ NOT_FUNCTIONS = {
     'checkpoints.CheckpointError': 'exception type (a ValueError)',
     'checkpoints.CHECKPOINT_DIR_ENV': 'constant',
     'checkpoints.METADATA_FILE': 'constant',
+    'perturbation.FILLS': 'constant',
 }
 
 

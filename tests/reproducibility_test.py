@@ -3,8 +3,8 @@
 ``STOCHASTIC`` lists every exported function that draws random numbers; each is called twice
 with one key and once with another. Functions that take a key only for a uniform signature
 (``KEY_IGNORED``) give the same bits whatever the key. Cases asserted elsewhere are named in
-``ELSEWHERE``. A new exported function with a ``key``, ``seed`` or ``rng`` parameter and no
-entry fails ``test_every_function_taking_a_key_has_an_entry``.
+``ELSEWHERE``. A new exported function with a ``key``, ``keys``, ``seed`` or ``rng`` parameter
+and no entry fails ``test_every_function_taking_a_key_has_an_entry``.
 
 The study binaries: two runs of the smoke preset with the same flags and ``--seed`` write
 byte-identical per-example CSV files and bit-identical arrays in their .npz files and shards,
@@ -33,15 +33,16 @@ from advsal_jax import attacks
 from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import metrics
+from advsal_jax import perturbation
 from advsal_jax import saliency
 
 from testing_utils import grid_segments, random_study_checkpoint, TinyNet
 
 MODULES = {'saliency': saliency, 'attacks': attacks, 'metrics': metrics, 'data': data,
-           'checkpoints': checkpoints}
+           'checkpoints': checkpoints, 'perturbation': perturbation}
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TESTS_DIR = pathlib.Path(__file__).parent
-_RANDOM_PARAMETERS = ('key', 'seed', 'rng')
+_RANDOM_PARAMETERS = ('key', 'keys', 'seed', 'rng')
 
 B, H, W, C, K = 2, 8, 8, 3, 3
 X = np.random.default_rng(0).uniform(size=(B, H, W, C)).astype(np.float32)
@@ -87,6 +88,9 @@ STOCHASTIC = {
     'data.augment_cifar': (lambda k: data.augment_cifar(k, X, pad=2),
                            (jax.random.key(1), jax.random.key(2))),
     'data.batches': (_batches, (0, 1)),
+    'perturbation.fill_images': (
+        lambda k: perturbation.fill_images(X, 'noise', keys=jax.random.split(k, B)),
+        (jax.random.key(1), jax.random.key(2))),
 }
 
 # Attacks whose key is accepted for a uniform signature only, with small budgets.
