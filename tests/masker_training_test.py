@@ -243,7 +243,6 @@ def test_binary_killed_mid_run_resumes_to_the_same_masker(tmp_path):
   assert not (root / 'w4').exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('name', ['masker_cnn_mnist', 'masker_alexnet_cifar'])
 def test_committed_masker_reproduces_its_quality_check(name, data_dir):
   masker, variables, meta = saliency.load_masker(name)
