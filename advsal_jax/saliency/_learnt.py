@@ -34,6 +34,7 @@ CLASSIFIER = 'classifier'
 """Name of the classifier submodule (and its key in each variable collection)."""
 
 LOSS_FORMS = ('paper', 'margin')
+"""The forms of ``MaskerLoss``: paper 003's objective and the reference code's margins."""
 
 # The reference blurs 224 px images with sigma 11 and a 55-tap kernel (radius 27 = 2.45 sigma).
 _REFERENCE_SIZE, _REFERENCE_SIGMA, _RADIUS_IN_SIGMAS = 224, 11.0, 27 / 11
