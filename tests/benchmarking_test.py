@@ -4,7 +4,6 @@ import dataclasses
 import inspect
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -74,6 +73,9 @@ def test_a_record_with_finite_positive_numbers_for_every_workload(full_run):
   assert [r['workload'] for r in records] == list(config.WORKLOADS)
   assert set(saliency.METHODS) < set(config.WORKLOADS)
   for r in records:
+    if r['workload'] in saliency.MASKER_METHODS:  # The toy has no masking model.
+      assert r['status'] == 'skipped' and 'train_masker' in r['reason'], r
+      continue
     assert r['status'] == 'ok', r
     for field in ('items_per_s', 'median_s', 'compile_s', 'xla_bytes', 'xla_temp_bytes',
                   'process_max_rss_bytes'):
@@ -84,7 +86,7 @@ def test_a_record_with_finite_positive_numbers_for_every_workload(full_run):
 
 
 def test_settings_record_the_values_used(full_run):
-  settings = {r['workload']: r['settings'] for r in full_run[0]}
+  settings = {r['workload']: r['settings'] for r in full_run[0] if r['status'] == 'ok'}
   sg_default = inspect.signature(saliency.smoothgrad).parameters['batch_size'].default
   assert settings['smoothgrad'] == {'num_samples': 2, 'batch_size': sg_default}
   assert settings['integrated_gradients'] == {'num_steps': 2, 'batch_size': None}  # chunk 0
@@ -170,22 +172,6 @@ def test_cam_is_skipped_with_the_library_reason(tmp_path):
                                                               ('cam', 'skipped')]
   assert "dense kernel 'logits'" in records[1]['reason']
   assert '| cam | saliency | skipped |' in (tmp_path / 'benchmark.md').read_text()
-
-
-def test_write_atomic_replaces_only_a_complete_file(tmp_path, monkeypatch):
-  path = tmp_path / 'out.json'
-  path.write_text('old')
-  real_replace = os.replace
-
-  def replace(src, dst):
-    assert pathlib.Path(dst).read_text() == 'old'  # untouched until the rename
-    assert pathlib.Path(src).read_text() == 'new'
-    real_replace(src, dst)
-
-  monkeypatch.setattr(runner.os, 'replace', replace)
-  runner.write_atomic(path, 'new')
-  assert path.read_text() == 'new'
-  assert [p.name for p in tmp_path.iterdir()] == ['out.json']
 
 
 def test_unknown_workload_raises_before_any_compilation(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ from advsal_jax import checkpoints
 from advsal_jax import compilation
 from advsal_jax import data
 from advsal_jax import models
+from advsal_jax import saliency
 from advsal_jax.benchmarks import config
 from advsal_jax.benchmarks import report
 from advsal_jax.benchmarks import torch_peers
@@ -71,7 +72,13 @@ def load_subject(cfg: config.BenchmarkConfig, *, data_dir: str | None = None
   layer = meta.get('last_conv') or models.get_spec(name).last_conv
   info = {'weights': str(checkpoints.resolve(cfg.model)),
           'inputs': f'first {cfg.batch_size} {meta["dataset"]} test images'}
-  return (workloads.Subject(name, model.apply, variables, layer),
+  masker = None
+  masker_dir = checkpoints.resolve(f'masker_{checkpoints.resolve(cfg.model).name}')
+  if (masker_dir / checkpoints.METADATA_FILE).exists():
+    masker_model, masker_vars, _ = saliency.load_masker(str(masker_dir))
+    masker = (masker_model.apply, masker_vars)
+    info['masker'] = str(masker_dir)
+  return (workloads.Subject(name, model.apply, variables, layer, masker),
           data.to_float(test.images[:cfg.batch_size]), info)
 
 

@@ -48,11 +48,14 @@ class Subject:
       CAM family).
     variables: its parameters.
     layer: the Grad-CAM/CAM layer.
+    masker: ``(apply_fn, variables)`` of a masking model of this classifier
+      (``saliency.load_masker``) for ``saliency.MASKER_METHODS``; None skips them.
   """
   name: str
   apply_fn: ApplyFn
   variables: Params
   layer: str
+  masker: tuple[ApplyFn, Params] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +106,16 @@ def _saliency_job(name: str, subject: Subject, x: jax.Array, pred: jax.Array,
   default; a chunk of 0: no chunking), and the layer of a layer method.
 
   Raises:
-    NotApplicable: a layer method whose layer checks reject this model.
+    NotApplicable: a layer method whose layer checks reject this model; a masker method
+      without a masking model.
   """
   spec = saliency.REGISTRY[name]
+  apply_fn, variables = subject.apply_fn, subject.variables
+  if spec.needs_masker:
+    if subject.masker is None:
+      raise NotApplicable(f'{name} needs a masking model of {subject.name} (train '
+                          f'masker_{subject.name} with experiments/train_masker.py)')
+    apply_fn, variables = subject.masker
   hp = {k: spec.defaults[k] if v is None else v
         for k, v in _method_kwargs(cfg).get(name, {}).items()}
   if 'batch_size' in hp:
@@ -122,10 +132,10 @@ def _saliency_job(name: str, subject: Subject, x: jax.Array, pred: jax.Array,
     extra['note'] = f'excludes quickshift segmentation on the host ({rate:.1f} images/s alone)'
 
   def fn(params, images, target, k, kwargs):
-    return saliency.explain(name, subject.apply_fn, params, images, target, key=k,
+    return saliency.explain(name, apply_fn, params, images, target, key=k,
                             layer=subject.layer, **kwargs, **hp)
 
-  args = (subject.variables, x, pred, key, traced)
+  args = (variables, x, pred, key, traced)
   if spec.needs_layer:
     try:
       jax.eval_shape(fn, *args)
