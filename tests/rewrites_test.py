@@ -205,9 +205,11 @@ def test_attack_through_the_rewrite_is_unchanged():
   np.testing.assert_array_equal(fast, slow)
 
 
-@pytest.mark.parametrize('method', [m for m in saliency.METHODS if m not in ('cam', 'lime')])
+@pytest.mark.parametrize('method', [m for m in saliency.METHODS
+                                    if m not in ('cam', 'lime', 'gbvs', *saliency.MASKER_METHODS)])
 def test_gradient_based_saliency_methods_differentiate_through_the_rewrite(method):
-  # CAM needs global average pooling and LIME takes no gradient.
+  # CAM needs global average pooling; LIME, GBVS and the learnt masks take no gradient of
+  # the classifier.
   apply_fn, variables, x = _setup()
   kwargs = {'layer': 'Conv_1'} if 'cam' in method else {}
   fn = lambda v, a: saliency.METHODS[method](apply_fn, v, a, jnp.array([0, 1, 2]),
