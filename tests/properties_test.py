@@ -256,9 +256,6 @@ def test_jaccard_and_hamming_against_set_arithmetic(masks):
 _DISJOINT = (np.zeros((1, 5, 4), bool), np.ones((1, 5, 4), bool))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'Under jax.jit, 1 - mean(a != b) is fused into one FMA with the rounded 1/N: complementary '
-    'masks give -1.5e-8, below the documented range [0, 1] (eager gives 0).'))
 @_SETTINGS
 @hypothesis.example(masks=_DISJOINT)
 @hypothesis.given(masks=_masks(_MAP_SHAPES))

@@ -112,7 +112,7 @@ def hamming_likeness(mask_a: ArrayLike, mask_b: ArrayLike) -> jax.Array:
     ValueError: shapes differ, or a mask has fewer than 2 dims or is empty.
   """
   a, b = _check_masks(mask_a, mask_b)
-  return 1.0 - jnp.mean((a != b).astype(jnp.float32), axis=1)
+  return jnp.sum(a == b, axis=1).astype(jnp.float32) / a.shape[1]
 
 
 def sim_ratio(a: ArrayLike, b: ArrayLike, *, threshold: float = 0.0) -> jax.Array:
