@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from advsal_jax import models
@@ -24,7 +25,8 @@ from advsal_jax.studies import store
 
 CHECKPOINT_DIR_ENV = 'ADVSAL_CHECKPOINT_DIR'
 METADATA_FILE = 'metadata.json'
-_ORBAX_SUBDIR = 'orbax'
+ORBAX_SUBDIR = 'orbax'
+"""The subfolder of a checkpoint directory that holds the orbax steps."""
 
 
 class CheckpointError(ValueError):
@@ -40,7 +42,14 @@ def default_dir() -> pathlib.Path:
 
 
 def resolve(name_or_path: str | os.PathLike) -> pathlib.Path:
-  """Maps a registered model name or a directory to a checkpoint directory."""
+  """Maps a registered model name or a directory to a checkpoint directory.
+
+  Raises:
+    TypeError: ``name_or_path`` is not a str or os.PathLike.
+  """
+  if not isinstance(name_or_path, (str, os.PathLike)):
+    raise TypeError(f'name_or_path must be a model name or a checkpoint directory (str or '
+                    f'os.PathLike), got {name_or_path!r}.')
   path = pathlib.Path(name_or_path)
   if (path / METADATA_FILE).exists() or os.sep in str(name_or_path):
     return path.resolve()
@@ -59,8 +68,19 @@ def manager(directory: str | os.PathLike, *, max_to_keep: int | None = None
                                item_handlers=ocp.StandardCheckpointHandler())
 
 
+def _check_step(step: Any):
+  """Raises ValueError unless ``step`` is an int >= 0 (an orbax step number)."""
+  if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+    raise ValueError(f'step must be an int >= 0, got {step!r}.')
+
+
 def save_state(mngr: ocp.CheckpointManager, step: int, state: Any):
-  """Saves the pytree ``state`` as ``step`` and waits until it is on disk."""
+  """Saves the pytree ``state`` as ``step`` and waits until it is on disk.
+
+  Raises:
+    ValueError: ``step`` is not an int >= 0.
+  """
+  _check_step(step)
   mngr.save(step, args=ocp.args.StandardSave(state))
   mngr.wait_until_finished()
 
@@ -81,9 +101,16 @@ def weights_sha256(directory: str | os.PathLike, step: int) -> dict[str, str]:
     ``{path relative to directory (POSIX): hex digest}`` for the files under
     ``orbax/<step>/``, sorted by path; ``save`` records it in ``metadata.json`` as
     ``weights_sha256`` and ``load`` checks it.
+
+  Raises:
+    CheckpointError: ``directory`` has no ``orbax/<step>/`` directory.
   """
   directory = pathlib.Path(directory)
-  files = sorted(f for f in (directory / _ORBAX_SUBDIR / str(step)).rglob('*') if f.is_file())
+  step_dir = directory / ORBAX_SUBDIR / str(step)
+  if not step_dir.is_dir():
+    raise CheckpointError(f'{step_dir} is not a directory: {directory} holds no orbax step '
+                          f'{step}.')
+  files = sorted(f for f in step_dir.rglob('*') if f.is_file())
   return {f.relative_to(directory).as_posix(): _sha256(f) for f in files}
 
 
@@ -110,11 +137,19 @@ def save(directory: str | os.PathLike, *, model_name: str, variables: Any,
 
   Returns:
     The checkpoint directory.
+
+  Raises:
+    ValueError: an unregistered ``model_name``; ``step`` is not an int >= 0.
+    TypeError: ``metadata`` is not a mapping.
   """
+  if not isinstance(metadata, Mapping):
+    raise TypeError(f'metadata must be a mapping (a dict of JSON values), got '
+                    f'{type(metadata).__name__} {metadata!r}.')
+  _check_step(step)
   models.get_spec(model_name)
   directory = pathlib.Path(directory).resolve()
   directory.mkdir(parents=True, exist_ok=True)
-  save_state(manager(directory / _ORBAX_SUBDIR, max_to_keep=1), step, variables)
+  save_state(manager(directory / ORBAX_SUBDIR, max_to_keep=1), step, variables)
   _write_metadata(directory, {**metadata, 'model': model_name, 'step': step,
                               'weights_sha256': weights_sha256(directory, step)})
   return directory
@@ -145,7 +180,7 @@ def record_weights_sha256(name_or_path: str | os.PathLike) -> dict[str, str]:
     return metadata['weights_sha256']
   sums = weights_sha256(directory, step)
   if not sums:
-    raise CheckpointError(f'{directory / _ORBAX_SUBDIR / str(step)} holds no weight files.')
+    raise CheckpointError(f'{directory / ORBAX_SUBDIR / str(step)} holds no weight files.')
   _write_metadata(directory, {**metadata, 'weights_sha256': sums})
   return sums
 
@@ -176,7 +211,7 @@ def _step(directory: pathlib.Path, metadata: dict) -> int:
   if isinstance(step, bool) or not isinstance(step, int) or step < 0:
     raise CheckpointError(f'{directory / METADATA_FILE}: step must be an int >= 0, got '
                           f'{step!r}.')
-  step_dir = directory / _ORBAX_SUBDIR / str(step)
+  step_dir = directory / ORBAX_SUBDIR / str(step)
   if not step_dir.is_dir():
     raise CheckpointError(f'{directory} has metadata but no weights ({step_dir} missing).')
   return step
@@ -267,9 +302,13 @@ def load(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, dict]:
   Raises:
     CheckpointError: naming the file or directory, when the directory, its metadata or its
       weights are missing, truncated, modified (a SHA-256 mismatch) or do not match the
-      registered architecture.
+      registered architecture; a masking model's checkpoint (load it with
+      ``saliency.load_masker``).
   """
   directory, metadata = verify(name_or_path)
+  if metadata.get('kind') == 'masker':
+    raise CheckpointError(f'{directory} holds a masking model, not a classifier; load it with '
+                          'advsal_jax.saliency.load_masker.')
   step = metadata['step']
   name = metadata['model']
   model = models.create(name)
@@ -280,7 +319,7 @@ def load(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, dict]:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                           abstract)
-  orbax_dir = directory / _ORBAX_SUBDIR
+  orbax_dir = directory / ORBAX_SUBDIR
   mngr = manager(orbax_dir)
   try:
     _check_architecture(mngr, step, abstract, directory / METADATA_FILE, name)

@@ -39,6 +39,11 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     checkpoints.load(tmp_path / 'nothing_here')
 
 
+def test_loading_a_masker_as_a_classifier_points_to_load_masker():
+  with pytest.raises(checkpoints.CheckpointError, match='masking model.*load_masker'):
+    checkpoints.load('masker_cnn_mnist')
+
+
 def _independent_sha256(directory, step):
   """SHA-256 of every file under orbax/<step>/, walked with os.walk."""
   out = {}

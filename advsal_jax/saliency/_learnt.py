@@ -18,11 +18,13 @@ quarter of 224 px) with a sigmoid, and upsampled bilinearly to the input.
 """
 
 import dataclasses
+from typing import Mapping
 
 import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from advsal_jax import _checks
 from advsal_jax import checkpoints
@@ -140,18 +142,50 @@ def _layer_output(calls: dict[str, list[jax.Array]], layer: str, batch: int) -> 
   return out
 
 
+def _check_collections(variables: Params, name: str, *, params: bool = True):
+  """Raises ValueError unless ``variables`` is a mapping of collections (holding 'params')."""
+  if not isinstance(variables, Mapping) or (
+      params and not isinstance(variables.get('params'), Mapping)):
+    want = "a mapping of collections holding 'params'" if params else 'a mapping of collections'
+    got = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
+    raise ValueError(f'{name} must be flax variables, {want}; got {got}.')
+
+
 def classifier_variables(variables: Params) -> Params:
-  """The classifier's variables inside a masker's ``variables`` (collections that hold any)."""
-  return {col: tree[CLASSIFIER] for col, tree in variables.items() if CLASSIFIER in tree}
+  """The classifier's variables inside a masker's ``variables`` (collections that hold any).
+
+  Raises:
+    ValueError: ``variables`` is not a mapping of collections, or no collection holds a
+      ``'classifier'`` subtree (they are not a masker's variables).
+  """
+  _check_collections(variables, 'variables', params=False)
+  out = {col: tree[CLASSIFIER] for col, tree in variables.items() if CLASSIFIER in tree}
+  if not out:
+    raise ValueError(f'variables must be a masker\'s variables, with the classifier\'s under '
+                     f'<collection>/{CLASSIFIER!r}; got collections {sorted(variables)} without '
+                     'one.')
+  return out
 
 
 def decoder_params(variables: Params) -> Params:
-  """The masker's own trainable parameters: ``{'params': ...}`` without the classifier."""
+  """The masker's own trainable parameters: ``{'params': ...}`` without the classifier.
+
+  Raises:
+    ValueError: ``variables`` is not a mapping of collections holding ``'params'``.
+  """
+  _check_collections(variables, 'variables')
   return {'params': {k: v for k, v in variables['params'].items() if k != CLASSIFIER}}
 
 
 def attach_classifier(decoder: Params, classifier_vars: Params) -> Params:
-  """Masker variables from decoder parameters and classifier variables (inverse of the two above)."""
+  """Masker variables from decoder parameters and classifier variables (inverse of the two above).
+
+  Raises:
+    ValueError: ``decoder`` is not ``{'params': ...}`` (``decoder_params``' output) or
+      ``classifier_vars`` is not a mapping of collections.
+  """
+  _check_collections(decoder, 'decoder')
+  _check_collections(classifier_vars, 'classifier_vars', params=False)
   variables = {col: {CLASSIFIER: tree} for col, tree in classifier_vars.items() if tree}
   variables['params'] = {**variables.get('params', {}), **decoder['params']}
   return variables
@@ -210,7 +244,7 @@ def learnt_saliency(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
 
   Raises:
     ValueError: ``apply_fn``/``params`` are not a masking model's (e.g. a classifier's);
-      malformed ``x``/``target``.
+      malformed ``x``/``target``; ``x`` with NaN/inf or outside [0, 1] (when concrete).
     TypeError: non-float ``x``, non-integer ``target``.
 
   References:
@@ -218,6 +252,7 @@ def learnt_saliency(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
   """
   del key
   _checks.check_images(x)
+  _checks.check_pixels(x)
   classify = _classify_fn(apply_fn)
   try:
     _checks.num_classes(classify, params, x)
@@ -227,6 +262,21 @@ def learnt_saliency(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike,
                      f'given apply_fn/params failed as one ({type(e).__name__}: {e}).') from e
   _checks.check_labels(classify, params, x, target, name='target')
   return apply_fn(params, jnp.asarray(x), jnp.asarray(target))
+
+
+def _check_phi_shapes(x, mask, alt, *, mask_name: str):
+  """``check_images(x)``; the mask and ``alt`` must broadcast to ``x``'s shape."""
+  _checks.check_images(x)
+  shape = tuple(np.shape(x))
+  for name, value, want in ((mask_name, mask, 'f32[B,H,W,1] or f32[B,H,W,C]'),
+                            ('alt', alt, 'f32[B,H,W,C]')):
+    try:
+      fits = np.broadcast_shapes(np.shape(value), shape) == shape
+    except ValueError:
+      fits = False
+    if not fits:
+      raise ValueError(f'{name} must be {want}, broadcastable to x\'s shape {shape}; got shape '
+                       f'{tuple(np.shape(value))}.')
 
 
 def phi(x: jax.typing.ArrayLike, m: jax.typing.ArrayLike,
@@ -240,7 +290,13 @@ def phi(x: jax.typing.ArrayLike, m: jax.typing.ArrayLike,
 
   Returns:
     f32[B,H,W,C]; in [0, 1] when ``x`` and ``alt`` are.
+
+  Raises:
+    ValueError: ``x`` is not a batch of images, or ``m`` or ``alt`` does not broadcast to
+      its shape.
+    TypeError: non-float ``x``.
   """
+  _check_phi_shapes(x, m, alt, mask_name='m')
   m = jnp.asarray(m)
   return m * jnp.asarray(x) + (1.0 - m) * jnp.asarray(alt)
 
@@ -284,10 +340,12 @@ def alternative_images(key: PRNGKey, x: jax.typing.ArrayLike, *, blur_prob: floa
     f32[B,H,W,C] in [0, 1]. Image b depends only on ``x[b]`` and its key.
 
   Raises:
-    ValueError: a malformed ``x`` or ``key``, a setting out of range.
+    ValueError: a malformed ``x`` or ``key``, a setting out of range; ``x`` with NaN/inf or
+      outside [0, 1] (when concrete).
     TypeError: an untyped key, non-float ``x``.
   """
   _checks.check_images(x)
+  _checks.check_pixels(x)
   if not 0.0 <= blur_prob <= 1.0:
     raise ValueError(f'blur_prob must lie in [0, 1], got {blur_prob}.')
   if noise_std < 0:
@@ -381,7 +439,17 @@ def masker_loss(classify: ApplyFn, params: Params, x: jax.Array, mask: jax.Array
     'preserved_prob' and 'destroyed_prob' (softmax probability of the target on
     ``Phi(x, m)`` and ``Phi(x, 1 - m)``) and the objective's own terms ('area_term',
     'preserver', 'destroyer').
+
+  Raises:
+    ValueError: ``x`` not a batch of images; ``mask`` or ``alt`` not broadcastable to it;
+      ``target`` not of shape [B]; logits that are not [B, K]; when concrete, ``x``,
+      ``mask`` or ``alt`` with NaN/inf or outside [0, 1], ``target`` outside [0, K).
+    TypeError: non-float ``x``, non-integer ``target``.
   """
+  _check_phi_shapes(x, mask, alt, mask_name='mask')
+  for name, value in (('x', x), ('mask', mask), ('alt', alt)):
+    _checks.check_pixels(value, name=name)
+  _checks.check_labels(classify, params, x, target, name='target')
   both = jnp.concatenate([phi(x, mask, alt), phi(x, 1.0 - mask, alt)])
   logits = classify(params, both)
   batch = x.shape[0]
@@ -408,8 +476,17 @@ def masker_loss(classify: ApplyFn, params: Params, x: jax.Array, mask: jax.Array
 
 
 def masker_from_metadata(classifier: nn.Module, metadata: dict) -> Masker:
-  """The ``Masker`` described by a masker checkpoint's ``metadata['masker']``."""
-  arch = metadata['masker']
+  """The ``Masker`` described by a masker checkpoint's ``metadata['masker']``.
+
+  Raises:
+    ValueError: ``metadata['masker']`` is missing or lacks 'layers', 'width' or
+      'mask_downsample'.
+  """
+  arch = metadata.get('masker') if isinstance(metadata, Mapping) else None
+  keys = ('layers', 'width', 'mask_downsample')
+  if not isinstance(arch, Mapping) or not all(k in arch for k in keys):
+    raise ValueError(f"metadata must hold 'masker': a mapping with {keys} (a masker "
+                     f"checkpoint's metadata), got {arch!r}.")
   return Masker(classifier, tuple(arch['layers']), width=arch['width'],
                 mask_downsample=arch['mask_downsample'])
 
@@ -452,7 +529,7 @@ def load_masker(name_or_path: str) -> tuple[Masker, Params, dict]:
                           abstract)
   try:
     decoder = checkpoints.restore_state(
-        checkpoints.manager(directory / checkpoints._ORBAX_SUBDIR),  # pylint: disable=protected-access
+        checkpoints.manager(directory / checkpoints.ORBAX_SUBDIR),
         abstract, metadata.get('step'))
   except checkpoints.CheckpointError:
     raise
