@@ -37,6 +37,12 @@ def main(argv):
                else [catalog.get(n) for n in _STUDIES.value])
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  if any(a.startswith('--checkpoint') for a in extra):
+    several = [f'{s.number} ({s.name})' for s in studies if not s.one_classifier]
+    if several:
+      raise app.UsageError(f'--checkpoint: study {", ".join(several)} compares several '
+                           'classifiers and takes --models instead; leave it out of --studies '
+                           'or run it on its own.')
   status, outputs = {}, {}
   given = [a.split('=', 1)[1] for a in extra if a.startswith('--output_dir=')]
   for study in studies:

@@ -153,12 +153,28 @@ def test_missing_checkpoint_fails_clearly(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_sh_all_smoke_writes_the_index(setup, tmp_path):
-  """``run_studies.py --studies=all --preset=smoke`` (what ``bash run.sh all`` calls)."""
+def test_run_studies_rejects_one_checkpoint_for_the_multi_model_study(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, 'experiments/run_studies.py', '--studies=all', '--preset=smoke',
+       f'--results_dir={tmp_path}', '--', '--checkpoint=cnn_mnist'],
+      cwd=_ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode != 0
+  assert '--checkpoint: study 002 (advis_sweep) compares several classifiers' in proc.stderr
+  assert not list(tmp_path.iterdir())  # Nothing ran.
+
+
+@pytest.mark.slow
+def test_run_sh_smoke_writes_the_index(setup, tmp_path):
+  """``run_studies.py --preset=smoke`` (what ``bash run.sh all`` calls) on the toy classifier.
+
+  Studies 002 (several classifiers) and 003 (needs a masking model of the classifier) run
+  on the committed checkpoints in their own binary tests.
+  """
   _, ckpt, data_dir = setup
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run(
-      [sys.executable, 'experiments/run_studies.py', '--studies=all', '--preset=smoke',
+      [sys.executable, 'experiments/run_studies.py', '--studies=000,001,004', '--preset=smoke',
        f'--results_dir={tmp_path}', '--', f'--checkpoint={ckpt}', f'--data_dir={data_dir}'],
       cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]

@@ -24,10 +24,13 @@ class Study:
     number: the paper's number, e.g. '000'.
     name: the study's name (module, binary and results folder).
     paper: authors and title of the paper it reproduces.
+    one_classifier: the binary studies one classifier, ``--checkpoint``; False for a study
+      that compares several (``--models``).
   """
   number: str
   name: str
   paper: str
+  one_classifier: bool = True
 
   @property
   def binary(self) -> str:
@@ -46,7 +49,7 @@ STUDIES = {s.number: s for s in (
           'Gu & Tresp: Saliency Methods for Explaining Adversarial Attacks'),
     Study('002', 'advis_sweep',
           'AdVis.js: Exploring Fast Gradient Sign Method adversarial attacks with CAM and '
-          'graph-based visual saliency'),
+          'graph-based visual saliency', one_classifier=False),
     Study('003', 'detect_adversarial',
           'Model-based Saliency for the Detection of Adversarial Examples (ICLR 2020 submission)'),
     Study('004', 'localize_attacks',
