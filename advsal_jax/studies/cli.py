@@ -120,10 +120,19 @@ def parse_method_kwargs(items: Sequence[str],
 
 
 def write_run_info(output_dir: store.PathLike, *, study: str, seconds: float):
-  """Writes ``run.json``: the command line, preset, wall time and peak memory of the run."""
-  store.write_json(pathlib.Path(output_dir) / 'run.json', {
-      'study': study, 'argv': sys.argv, 'preset': FLAGS.preset, 'wall_seconds': seconds,
-      'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  """Writes ``run.json``: the command line, preset, wall time and peak memory of the run.
+
+  A resumed run adds to what is there: ``wall_seconds`` sums the time of every process that
+  worked on the directory (``processes`` counts them), ``peak_rss_mib`` is the largest.
+  """
+  path = pathlib.Path(output_dir) / 'run.json'
+  before = store.read_json(path) if path.exists() else {}
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  store.write_json(path, {
+      'study': study, 'argv': sys.argv, 'preset': FLAGS.preset,
+      'wall_seconds': before.get('wall_seconds', 0.0) + seconds,
+      'processes': before.get('processes', 0) + 1,
+      'peak_rss_mib': max(peak, before.get('peak_rss_mib', 0.0)),
       'devices': [str(d) for d in jax.devices()]})
 
 
