@@ -27,6 +27,10 @@ def _m(stats: dict | None, spec: str = '.2f') -> str:
   return report.fmt(None if not stats else stats['mean'], spec)
 
 
+def _eps_list(keys: list[str]) -> str:
+  return f'eps {", ".join(keys)} /255' if keys else 'no eps'
+
+
 def _verdict(passed: int, total: int) -> str:
   if total == 0:
     return 'cannot be tested'
@@ -95,8 +99,8 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
     out.append(report.Claim(
         f'Attacks on V2 ({v2}) give a larger saliency difference than on V1 ({v1}) despite '
         'lower success (Sec. 3).', 'qualitative (figure)',
-        f'V2 difference larger at eps {larger or "none"}; V2 success lower at eps '
-        f'{weaker or "none"} (of {len(eps)})',
+        f'V2 GBVS difference larger (CIs apart) at {_eps_list(larger)}; V2 success lower at '
+        f'{_eps_list(weaker)} (of {len(eps)} eps)',
         _verdict(passed, 2), 'each half must hold at most eps'))
 
   pairs = [(s, t) for s in models for t in models if s != t]
