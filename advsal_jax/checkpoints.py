@@ -297,18 +297,20 @@ def load(name_or_path: str | os.PathLike) -> tuple[nn.Module, Any, dict]:
     name_or_path: e.g. ``'alexnet_cifar'`` (looked up in ``default_dir()``) or a directory.
 
   Returns:
-    ``(model, variables, metadata)``; ``model.apply(variables, x)`` gives logits.
+    ``(model, variables, metadata)``; ``model.apply(variables, x)`` gives logits. For a
+    masking model's checkpoint (metadata kind ``'masker'``): ``saliency.load_masker``'s
+    ``(masker, variables, metadata)``, whose ``masker.apply(variables, x, target)`` gives masks.
 
   Raises:
     CheckpointError: naming the file or directory, when the directory, its metadata or its
       weights are missing, truncated, modified (a SHA-256 mismatch) or do not match the
-      registered architecture; a masking model's checkpoint (load it with
-      ``saliency.load_masker``).
+      registered architecture.
   """
   directory, metadata = verify(name_or_path)
   if metadata.get('kind') == 'masker':
-    raise CheckpointError(f'{directory} holds a masking model, not a classifier; load it with '
-                          'advsal_jax.saliency.load_masker.')
+    # saliency imports this module: import it here, where a masker is asked for.
+    from advsal_jax import saliency  # pylint: disable=g-import-not-at-top
+    return saliency.load_masker(directory)
   step = metadata['step']
   name = metadata['model']
   model = models.create(name)

@@ -12,6 +12,7 @@ import pytest
 from advsal_jax import checkpoints
 from advsal_jax import data
 from advsal_jax import models
+from advsal_jax import saliency
 from advsal_jax import training
 
 # Targets of the project on the full test splits.
@@ -39,9 +40,14 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     checkpoints.load(tmp_path / 'nothing_here')
 
 
-def test_loading_a_masker_as_a_classifier_points_to_load_masker():
-  with pytest.raises(checkpoints.CheckpointError, match='masking model.*load_masker'):
-    checkpoints.load('masker_cnn_mnist')
+def test_load_gives_a_masking_model_as_load_masker_does():
+  masker, variables, meta = checkpoints.load('masker_cnn_mnist')
+  _, want_vars, want_meta = saliency.load_masker('masker_cnn_mnist')
+  assert meta == want_meta and meta['kind'] == 'masker'
+  x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+  target = np.array([3, 7])
+  np.testing.assert_array_equal(masker.apply(variables, x, target),
+                                masker.apply(want_vars, x, target))
 
 
 def _independent_sha256(directory, step):
