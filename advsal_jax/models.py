@@ -12,6 +12,7 @@ With ``plain=True`` a model is built from flax's stock layers instead (``nn.Conv
 """
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -285,22 +286,28 @@ class ModelSpec:
 
   Attributes:
     build: returns the flax module.
-    dataset: the dataset it is trained on (``cifar10`` or ``mnist``).
+    dataset: the dataset it is trained on (a name in ``data.DATASETS``).
     input_shape: (H, W, C) of one image.
     last_conv: name of the last convolutional layer (Grad-CAM / CAM target).
     description: one line for humans.
+    num_classes: K, the number of logits (the dataset's classes).
   """
   build: Callable[[], nn.Module]
   dataset: str
   input_shape: tuple[int, int, int]
   last_conv: str
   description: str
+  num_classes: int = 10
 
 
 MODELS: dict[str, ModelSpec] = {
     'alexnet_cifar': ModelSpec(
         AlexNetCifar, 'cifar10', (32, 32, 3), 'conv5',
         'AlexNet-style: 5 conv(3x3)+BN+ReLU blocks, 3 max-pools, dense 256, dense 10'),
+    'alexnet_catdog': ModelSpec(
+        functools.partial(AlexNetCifar, num_classes=2), 'cifar10_catdog', (32, 32, 3), 'conv5',
+        'AlexNet-style cat-vs-dog net (alexnet_cifar with 2 classes): 5 conv(3x3)+BN+ReLU '
+        'blocks, 3 max-pools, dense 256, dense 2', num_classes=2),
     'mobilenet_v1_cifar': ModelSpec(
         MobileNetV1Cifar, 'cifar10', (32, 32, 3), 'block6',
         'MobileNet-v1-style: depthwise-separable blocks, global average pool, one dense layer'),

@@ -21,6 +21,9 @@ from advsal_jax import data
 from advsal_jax import models
 from advsal_jax.studies import store
 
+AUGMENTED_DATASETS = ('cifar10', 'cifar10_catdog')
+"""The datasets whose training images get ``data.augment_cifar`` when ``augment`` is set."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -73,16 +76,15 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, cfg: TrainCon
     ``(new_state, {'loss': f32[], 'accuracy': f32[]})``.
   """
   variables = state['variables']
-  if cfg.augment and cfg.dataset == 'cifar10':
+  if cfg.augment and cfg.dataset in AUGMENTED_DATASETS:
     key = jax.random.fold_in(jax.random.key(cfg.seed), state['step'])
     x = data.augment_cifar(key, x)
   mutable = [k for k in variables if k != 'params']
-  num_classes = 10
 
   def loss_fn(params):
     logits, updates = model.apply({**variables, 'params': params}, x, train=True,
                                   mutable=mutable)
-    targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), cfg.label_smoothing)
+    targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), cfg.label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     return loss, (logits, updates)
 

@@ -8,11 +8,12 @@ Example:
 from absl import app
 from absl import flags
 
+from advsal_jax import data
 from advsal_jax import models
 from advsal_jax import training
 
 _MODEL = flags.DEFINE_enum('model', None, sorted(models.MODELS), 'Registered model name.')
-_DATASET = flags.DEFINE_enum('dataset', None, ['cifar10', 'mnist'],
+_DATASET = flags.DEFINE_enum('dataset', None, list(data.DATASETS),
                              "Dataset; defaults to the model's own.")
 _EPOCHS = flags.DEFINE_integer('epochs', 15, 'Training epochs.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Batch size.')
@@ -22,7 +23,7 @@ _SCHEDULE = flags.DEFINE_enum('schedule', 'onecycle', ['onecycle', 'cosine', 'co
                               'Learning-rate schedule.')
 _WD = flags.DEFINE_float('weight_decay', 5e-4, 'Decoupled weight decay.')
 _LABEL_SMOOTHING = flags.DEFINE_float('label_smoothing', 0.0, 'Label smoothing.')
-_AUGMENT = flags.DEFINE_bool('augment', True, 'Random crop + flip (CIFAR-10 only).')
+_AUGMENT = flags.DEFINE_bool('augment', True, 'Random crop + flip (CIFAR-10 and its subsets).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of init, data order and augmentation.')
 _WORKDIR = flags.DEFINE_string('output_dir', None, 'Per-epoch checkpoints (resumable).')
 _EXPORT_DIR = flags.DEFINE_string('export_dir', None,

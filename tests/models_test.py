@@ -20,8 +20,8 @@ def built(request):
 
 def test_every_registered_model_is_tested():
   # The parametrised fixture covers models.MODELS; guard against an empty or stale registry.
-  assert set(ALL_MODELS) == {'alexnet_cifar', 'mobilenet_v1_cifar', 'mobilenet_v2_cifar',
-                             'cnn_mnist'} | set(models.MODELS)
+  assert set(ALL_MODELS) == {'alexnet_cifar', 'alexnet_catdog', 'mobilenet_v1_cifar',
+                             'mobilenet_v2_cifar', 'cnn_mnist'} | set(models.MODELS)
 
 
 def test_output_shape_finite_and_param_count(built):
@@ -29,10 +29,20 @@ def test_output_shape_finite_and_param_count(built):
   spec = models.get_spec(name)
   x = jax.random.uniform(jax.random.key(1), (3, *spec.input_shape))
   logits = model.apply(variables, x)
-  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+  assert logits.shape == (3, spec.num_classes) and logits.dtype == jnp.float32
   assert np.isfinite(np.asarray(logits)).all()
   assert models.param_count(variables) > 10_000
   assert models.forward_flops(name) > 1e6
+
+
+def test_alexnet_catdog_is_alexnet_cifar_with_two_logits():
+  _, cifar = models.init('alexnet_cifar', jax.random.key(0))
+  _, catdog = models.init('alexnet_catdog', jax.random.key(0))
+  shapes = lambda v: jax.tree.map(jnp.shape, v)
+  assert shapes(catdog) == {**shapes(cifar), 'params': {
+      **shapes(cifar)['params'], 'logits': {'kernel': (256, 2), 'bias': (2,)}}}
+  assert models.get_spec('alexnet_catdog').num_classes == 2
+  assert models.get_spec('alexnet_catdog').dataset == 'cifar10_catdog'
 
 
 def test_last_conv_is_a_named_post_relu_layer(built):
@@ -89,7 +99,7 @@ def test_plain_model_is_stock_flax_with_the_same_parameters_and_function(built):
   np.testing.assert_allclose(grad(plain), grad(model), rtol=1e-4, atol=1e-6)
   # Stock layers: nn.max_pool is a reduce_window; the first conv sees the image's own channels.
   assert _primitives(plain.apply, variables, x).count('reduce_window_max') == (
-      2 if name == 'cnn_mnist' else 3 if name == 'alexnet_cifar' else 0)
+      {'cnn_mnist': 2, 'alexnet_cifar': 3, 'alexnet_catdog': 3}.get(name, 0))
   assert 'reduce_window_max' not in _primitives(model.apply, variables, x)
   first_conv_features = lambda m: _conv_input_features(m.apply, variables, x)[0]
   assert first_conv_features(plain) == x.shape[-1]
