@@ -347,3 +347,25 @@ def test_claims_follow_the_numbers(learnt, gradient, p, r, want):
   # changes the fewest pixels.
   assert [c.verdict for c in got[3:5]] == ['holds', 'holds']
   assert got[-1].verdict == 'cannot be tested' and 'ASSIRA' in got[-1].text
+
+
+@pytest.mark.parametrize('dataset', ['cifar10', 'mnist', 'cifar10_catdog'])
+def test_claims_and_report_say_what_stands_in_for_assira(dataset):
+  config = {'attacks': ['fgsm', 'jsma', 'deepfool'], 'dataset': dataset}
+  got = detect_adversarial_claims.claims(_summary(3.0, 1.0, 1e-6, 0.8), config)
+  paragraph = study_report.assira_paragraph(dataset)
+  assert got[-1].verdict == 'cannot be tested' and 'ASSIRA is not available' in got[-1].why
+  assert 'ASSIRA' in paragraph and 'not available' in paragraph
+  if dataset == 'cifar10_catdog':
+    assert 'stand-in for ASSIRA' in got[0].why and 'stand-in for ASSIRA' in got[1].why
+    assert 'measured on its stand-in, CIFAR-10 cats vs dogs' in got[-1].why
+    assert 'This run stands in for it' in paragraph and "not ASSIRA's photographs" in paragraph
+  else:
+    assert 'stand-in' not in got[0].why
+    assert '--checkpoint=alexnet_catdog' in got[-1].why
+    assert '--checkpoint=alexnet_catdog' in paragraph and 'This run' not in paragraph
+
+
+def test_stand_in_dataset_has_cifar10_budgets():
+  cifar = study.with_dataset_budgets(study.Config(), 'cifar10')
+  assert study.with_dataset_budgets(study.Config(), 'cifar10_catdog') == cifar
