@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import _checks
+
 DATA_DIR_ENV = 'ADVSAL_DATA_DIR'
 DATASETS = ('cifar10', 'mnist')
 SPLITS = ('train', 'test')
@@ -54,8 +56,15 @@ def _check_name_split(name: str, split: str):
 
 
 def offline_files(name: str, split: str, root: str | os.PathLike) -> list[pathlib.Path]:
-  """The official-format files of ``name``/``split`` under ``root`` (they may not exist)."""
+  """The official-format files of ``name``/``split`` under ``root`` (they may not exist).
+
+  Raises:
+    ValueError: unknown ``name`` or ``split``.
+    TypeError: ``root`` is not a path (str or os.PathLike).
+  """
   _check_name_split(name, split)
+  if not isinstance(root, (str, os.PathLike)):
+    raise TypeError(f'root must be a directory path (str or os.PathLike), got {root!r}.')
   root = pathlib.Path(root)
   if name == 'cifar10':
     return [root / _CIFAR_SUBDIR / f for f in _CIFAR_FILES[split]]
@@ -243,8 +252,16 @@ def checksums(name: str, split: str, *, data_dir: str | os.PathLike | None = Non
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
-  """uint8[..., C] in [0, 255] -> float32 in [0, 1]."""
-  return np.asarray(images, np.float32) / np.float32(255.)
+  """uint8[..., C] in [0, 255] -> float32 in [0, 1].
+
+  Raises:
+    TypeError: ``images`` are not uint8 (float images need no conversion).
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise TypeError(f'images must be uint8 in [0, 255], got dtype {images.dtype}; float '
+                    'images in [0, 1] need no conversion.')
+  return images.astype(np.float32) / np.float32(255.)
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
@@ -258,7 +275,14 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
     batch_size: examples per batch.
     seed: shuffles with ``np.random.default_rng(seed)`` when given; in order when None.
     drop_remainder: drop the last, smaller batch.
+
+  Raises:
+    TypeError: ``batch_size`` is not an int.
+    ValueError: ``batch_size < 1``; ``images`` and ``labels`` differ in length.
   """
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+    raise TypeError(f'batch_size must be an int, got {type(batch_size).__name__} '
+                    f'{batch_size!r}.')
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
   if len(images) != len(labels):
@@ -281,7 +305,13 @@ def augment_cifar(key: jax.Array, x: jax.Array, *, pad: int = 4) -> jax.Array:
 
   Returns:
     f32[B, H, W, C].
+
+  Raises:
+    ValueError: ``x`` is not a non-empty batch of images [B,H,W,C]; ``pad < 0``.
+    TypeError: non-float ``x``; ``pad`` is not an int.
   """
+  _checks.check_images(x)
+  _checks.check_count(pad, 'pad', minimum=0)
   b, h, w, c = x.shape
   k_crop, k_flip = jax.random.split(key)
   offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)

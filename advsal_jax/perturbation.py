@@ -80,10 +80,13 @@ def pixel_ranks(scores: jax.typing.ArrayLike, tiebreak: jax.typing.ArrayLike) ->
     i32 of ``scores``'s shape: 0 for the top pixel of its map; ``ranks < k`` marks the top k.
 
   Raises:
-    ValueError, TypeError: malformed ``scores`` or ``tiebreak``.
+    ValueError, TypeError: malformed ``scores`` or ``tiebreak``; NaN or inf in either (when
+      concrete).
   """
   _check_maps(scores, 'scores')
   _check_maps(tiebreak, 'tiebreak', tuple(np.shape(scores)))
+  _checks.check_finite(scores, name='scores')
+  _checks.check_finite(tiebreak, name='tiebreak')
   shape = np.shape(scores)
   scores = jnp.asarray(scores).reshape(shape[0], -1)
   tiebreak = jnp.asarray(tiebreak).reshape(shape[0], -1)
@@ -173,22 +176,25 @@ def fill_images(x: jax.typing.ArrayLike, fill: str, *, mean: jax.typing.ArrayLik
     f32[B,H,W,C].
 
   Raises:
-    ValueError: an unknown ``fill``, or its argument missing or of the wrong shape.
+    ValueError: an unknown ``fill``, or its argument missing or of the wrong shape (checked
+      before ``x`` is converted to a device array).
+    TypeError: non-float ``x``.
   """
   _check_images(x, 'x')
-  x = jnp.asarray(x)
+  shape = tuple(np.shape(x))
   if fill not in FILLS:
     raise ValueError(f'fill must be one of {FILLS}, got {fill!r}.')
-  if fill == 'mean':
-    if mean is None or np.shape(mean) != x.shape[-1:]:
-      raise ValueError(f"mean must be a colour f32[{x.shape[-1]}] for fill='mean', got "
-                       f'{None if mean is None else np.shape(mean)}.')
-    return jnp.broadcast_to(jnp.asarray(mean).astype(x.dtype), x.shape)
+  if fill == 'mean' and (mean is None or np.shape(mean) != shape[-1:]):
+    raise ValueError(f"mean must be a colour f32[{shape[-1]}] for fill='mean', got "
+                     f'{None if mean is None else np.shape(mean)}.')
+  if fill == 'noise' and (keys is None or np.shape(keys) != shape[:1]):
+    raise ValueError(f"keys must be key[{shape[0]}] (one per image) for fill='noise', got "
+                     f'{None if keys is None else np.shape(keys)}.')
   if fill == 'blur':
     return gaussian_blur(x, sigma)
-  if keys is None or np.shape(keys) != x.shape[:1]:
-    raise ValueError(f"keys must be key[{x.shape[0]}] (one per image) for fill='noise', got "
-                     f'{None if keys is None else np.shape(keys)}.')
+  x = jnp.asarray(x)
+  if fill == 'mean':
+    return jnp.broadcast_to(jnp.asarray(mean).astype(x.dtype), x.shape)
   return jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype))(keys)
 
 
@@ -203,17 +209,19 @@ def perturbation_curves(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLi
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
     params: model variables.
-    x: f32[B,H,W,C] images.
+    x: f32[B,H,W,C] images in [0, 1].
     scores: f32[R,B,H,W] pixel rankings (higher first), e.g. one map per method.
     tiebreak: f32[B,H,W] order of equal scores (shared by the rankings).
-    fill: f32[B,H,W,C] values of replaced pixels (``fill_images``).
+    fill: f32[B,H,W,C] values in [0, 1] of replaced pixels (``fill_images``).
     num_pixels: i32[P] pixels replaced (``pixel_counts``).
 
   Returns:
     i32[B,R,P] predicted classes.
 
   Raises:
-    ValueError, TypeError: malformed arguments (shapes checked against ``x``).
+    ValueError, TypeError: malformed arguments (shapes checked against ``x``); when
+      concrete, ``x`` or ``fill`` with NaN/inf or outside [0, 1], ``scores`` or ``tiebreak``
+      with NaN/inf.
   """
   _check_images(x, 'x')
   b, h, w, _ = np.shape(x)
@@ -225,6 +233,10 @@ def perturbation_curves(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLi
   if tuple(np.shape(fill)) != tuple(np.shape(x)):
     raise ValueError(f'fill must have x\'s shape {tuple(np.shape(x))}, got '
                      f'{tuple(np.shape(fill))}.')
+  _checks.check_pixels(x)
+  _checks.check_pixels(fill, name='fill')
+  _checks.check_finite(scores, name='scores')
+  _checks.check_finite(tiebreak, name='tiebreak')
   if np.ndim(num_pixels) != 1 or not jnp.issubdtype(jnp.result_type(num_pixels), jnp.integer):
     raise ValueError(f'num_pixels must be a 1-D integer array, got {num_pixels!r}.')
   if _checks.is_concrete(num_pixels) and not np.all(

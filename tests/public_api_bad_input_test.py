@@ -28,9 +28,9 @@ A row is one of:
 * ``NoArguments``: the function takes no argument that could be bad.
 
 Missing files raise ``FileNotFoundError`` naming the path (as ``data.load`` documents).
-Rows marked ``xfail`` (strict) name a check the library still lacks (in ``data``,
-``checkpoints`` and the GBVS and learnt-saliency modules); they turn into failures (XPASS)
-once the check lands, so the mark is then removed.
+A row may be marked ``xfail`` (strict) to name a check the library still lacks; it turns
+into a failure (XPASS) once the check lands, so the mark is then removed. No row is marked
+now.
 """
 
 import dataclasses
@@ -184,17 +184,16 @@ ATTACK_CONTRACT = 'attacks_contract_test.py::test_bad_inputs_raise_before_compil
 
 
 def _images(arg: str = 'x', base: np.ndarray = X, *, bounds: str = r'\[0\.0, 1\.0\]',
-            jit: bool = True, xfail_values: str | None = None) -> dict[str, Any]:
+            jit: bool = True) -> dict[str, Any]:
   """NaN, inf, out of range, rank, integer, empty batch and float64 for an image argument."""
   traced, unchecked = (TRACED, UNCHECKED) if jit else (None, None)
   return {
       f'{arg}: NaN': Raises(arg, _poke(base, np.nan), ValueError, rf'\b{arg} must be finite',
-                            unchecked, xfail_values),
+                            unchecked),
       f'{arg}: inf': Raises(arg, _poke(base, np.inf), ValueError, rf'\b{arg} must be finite',
-                            unchecked, xfail_values),
+                            unchecked),
       f'{arg}: outside [0, 1]': Raises(arg, base + 1.5, ValueError,
-                                       rf'\b{arg} must lie within bounds {bounds}', unchecked,
-                                       xfail_values),
+                                       rf'\b{arg} must lie within bounds {bounds}', unchecked),
       f'{arg}: wrong rank': Raises(arg, base[0], ValueError,
                                    rf'\b{arg} must be a batch of images', traced),
       f'{arg}: integer': Raises(arg, (base * 255).astype(np.uint8), TypeError,
@@ -266,15 +265,6 @@ def _pair(a: str, b: str, *, base_a=MAPS, base_b=MAPS_B, match_rank: str,
                  f'{a}: batch of zero', f'{a}: complex'):
       rows[case] = Elsewhere(covered)
   return rows
-
-
-_LEARNT = 'needs check in saliency/_learnt.py: '
-_GBVS = 'needs check in saliency/_gbvs.py: '
-_DATA = 'needs check in data.py: '
-_CKPT = 'needs check in checkpoints.py: '
-_PERT = 'needs check in perturbation.py: '
-_PERT_ORDER = (_PERT + 'fill_images converts x to a device array (a compiled transfer) before '
-               'checking fill, mean and keys')
 
 
 # The table: '<module>.<name>' -> Entry.
@@ -375,9 +365,7 @@ TABLE: dict[str, Entry] = {
         'x, target: forwarded to the method': Elsewhere(CONTRACT)}),
     'saliency.learnt_saliency': Entry(
         lambda _: dict(apply_fn=_masker()[0].apply, params=_masker()[1], x=X, target=TARGET),
-        {**_saliency_method(), **_images(xfail_values=_LEARNT + 'learnt_saliency does not '
-                                          'call _checks.check_pixels(x) (NaN/inf/[0, 1])'),
-         'x: wrong rank': Elsewhere(CONTRACT),
+        {**_saliency_method(),
          'apply_fn: a classifier, not a masker': Raises(
              'apply_fn', lambda p, x: x, ValueError, 'needs the apply_fn and variables of a '
              'masking model')}),
@@ -397,20 +385,16 @@ TABLE: dict[str, Entry] = {
         _plain(adv_map=MAPS[..., None], clean_map=MAPS_B[..., None]), {
             'mismatched shapes': Elsewhere('saliency_gbvs_test.py::test_differences_match_numpy'),
             'adv_map: NaN': Raises('adv_map', _poke(MAPS[..., None], np.nan), ValueError,
-                                   'adv_map must be finite',
-                                   xfail=_GBVS + 'saliency_difference passes NaN/inf through'),
+                                   'adv_map must be finite'),
         }),
     'saliency.log_ratio_difference': Entry(
         _plain(adv_map=MAPS[..., None], clean_map=MAPS_B[..., None]), {
             'mismatched shapes': Elsewhere('saliency_gbvs_test.py::test_differences_match_numpy'),
             'eps <= 0': Elsewhere('saliency_gbvs_test.py::test_differences_match_numpy'),
             'clean_map: NaN': Raises('clean_map', _poke(MAPS_B[..., None], np.nan), ValueError,
-                                     'clean_map must be finite',
-                                     xfail=_GBVS + 'log_ratio_difference passes NaN through'),
+                                     'clean_map must be finite'),
             'adv_map: negative': Raises('adv_map', MAPS[..., None] - 2, ValueError,
-                                        'adv_map must be non-negative',
-                                        xfail=_GBVS + 'a negative map gives log of a negative '
-                                        'number (NaN), silently'),
+                                        'adv_map must be non-negative'),
         }),
     'saliency.to_heatmap': Entry(_plain(attr=ATTR), {
         'reduce: unknown': Elsewhere('saliency_postprocess_test.py::test_to_heatmap_errors'),
@@ -459,38 +443,34 @@ TABLE: dict[str, Entry] = {
         {'x: wrong rank': Raises('x', X[0], ValueError, 'x must be a batch of images'),
          'x: integer': Raises('x', X.astype(np.uint8), TypeError, 'x must be floating point')}),
     'saliency.alternative_images': Entry(_plain(key=jax.random.key(0), x=X), {
-        **_images(xfail_values=_LEARNT + 'alternative_images does not call '
-                  '_checks.check_pixels(x) (NaN/inf/[0, 1])'),
+        **_images(),
         'key: missing': Raises('key', None, ValueError, 'pass key='),
         'blur_prob: outside [0, 1]': Raises('blur_prob', 1.5, ValueError,
                                             r'blur_prob must lie in \[0, 1\]'),
         'noise_std < 0': Raises('noise_std', -0.1, ValueError, 'noise_std must be >= 0')}),
     'saliency.phi': Entry(_plain(x=X, m=X[..., :1], alt=1 - X), {
-        'm: wrong shape': Raises('m', X[:, :4, :, :1], ValueError, 'm must',
-                                 xfail=_LEARNT + 'phi checks no shapes (m must broadcast to '
-                                 'x, alt must have the shape of x)')}),
+        'm: wrong shape': Raises('m', X[:, :4, :, :1], ValueError,
+                                 r'm must be f32\[B,H,W,1\] or f32\[B,H,W,C\], broadcastable')}),
     'saliency.masker_loss': Entry(
         lambda _: dict(classify=_tiny_net()[0].apply, params=_tiny_net()[1], x=X,
                        mask=X[..., :1], target=TARGET, alt=1 - X), {
             'target: out of range': Raises('target', np.array([0, K], np.int32), ValueError,
-                                           'target must lie',
-                                           xfail=_LEARNT + 'masker_loss checks no argument '
-                                           '(x, mask, target, alt)')}),
+                                           r'target must lie in \[0, 3\)')}),
     'saliency.classifier_variables': Entry(_plain(variables={'params': {}}), {
-        'variables: no classifier': Raises('variables', {'params': {'conv': {}}}, ValueError,
-                                           'variables', xfail=_LEARNT + 'returns {} silently '
-                                           'for variables without a classifier subtree')}),
+        'variables: not a mapping': Raises('variables', [{'params': {}}], TypeError,
+                                           'variables must be flax variables')}),
     'saliency.decoder_params': Entry(_plain(variables={'params': {}}), {
         'variables: no params': Raises('variables', {'batch_stats': {}}, ValueError,
-                                       'variables', xfail=_LEARNT + 'raises a bare KeyError')}),
+                                       "variables must be flax variables, a mapping of "
+                                       "collections holding 'params'")}),
     'saliency.attach_classifier': Entry(
         _plain(decoder={'params': {}}, classifier_vars={'params': {}}), {
-            'decoder: no params': Raises('decoder', {}, ValueError, 'decoder',
-                                         xfail=_LEARNT + 'raises a bare KeyError')}),
+            'decoder: no params': Raises('decoder', {}, ValueError,
+                                         'decoder must be flax variables')}),
     'saliency.masker_from_metadata': Entry(
         lambda _: dict(classifier=_tiny_net()[0], metadata={}), {
-            'metadata: no masker': Raises('metadata', {}, ValueError, 'metadata',
-                                          xfail=_LEARNT + 'raises a bare KeyError')}),
+            'metadata: no masker': Raises('metadata', {}, ValueError,
+                                          "metadata must hold 'masker'")}),
     'saliency.load_masker': Entry(_plain(name_or_path='no_such_masker'), {
         'name_or_path: no checkpoint': Raises('name_or_path', 'no_such_masker', ValueError,
                                               'no_such_masker')}),
@@ -714,9 +694,7 @@ TABLE: dict[str, Entry] = {
     'data.offline_files': Entry(_plain(name='cifar10', split='test', root=TmpPath('data')), {
         'name: unknown dataset': Raises('name', 'imagenet', ValueError, "dataset 'imagenet'"),
         'split: unknown': Raises('split', 'validation', ValueError, "split 'validation'"),
-        'root: None': Raises('root', None, TypeError, 'root',
-                             xfail=_DATA + 'offline_files(root=None) raises pathlib\'s '
-                             'TypeError, which does not name root')}),
+        'root: None': Raises('root', None, TypeError, 'root must be a directory path')}),
     'data.load': Entry(_plain(name='cifar10', split='test', data_dir=TmpPath('data')), {
         'name, split: unknown': Elsewhere('data_test.py::test_unknown_name_or_split'),
         'data_dir: missing files': Elsewhere(
@@ -728,27 +706,20 @@ TABLE: dict[str, Entry] = {
         'data_dir: missing files': Raises('data_dir', TmpPath('empty'), FileNotFoundError,
                                           'cifar-10-batches-py/test_batch')}),
     'data.to_float': Entry(_plain(images=(X * 255).astype(np.uint8)), {
-        'images: float': Raises('images', X, TypeError, 'images must be uint8',
-                                xfail=_DATA + 'to_float divides float images (already in '
-                                '[0, 1]) by 255 again, silently')}),
+        'images: float': Raises('images', X, TypeError, 'images must be uint8')}),
     'data.batches': Entry(
         _plain(images=(X * 255).astype(np.uint8), labels=TARGET, batch_size=1), {
             'batch_size < 1': Elsewhere(
                 'data_test.py::test_batches_shuffle_drop_remainder_and_range'),
             'labels: wrong length': Raises('labels', TARGET[:1], ValueError,
                                            r'images \(2\) and labels \(1\) differ'),
-            'batch_size: not an int': Raises('batch_size', 1.5, TypeError, 'batch_size',
-                                             xfail=_DATA + 'batch_size=1.5 reaches range() and '
-                                             'raises a TypeError that does not name it')},
+            'batch_size: not an int': Raises('batch_size', 1.5, TypeError,
+                                             'batch_size must be an int')},
         consume=True),
     'data.augment_cifar': Entry(_plain(key=jax.random.key(0), x=X, pad=2), {
         'key: missing': Raises('key', None, TypeError, 'key'),
-        'x: wrong rank': Raises('x', X[0], ValueError, 'x must',
-                                xfail=_DATA + 'a rank-3 x fails in tuple unpacking, the error '
-                                'does not name x'),
-        'pad < 0': Raises('pad', -1, ValueError, 'pad must',
-                          xfail=_DATA + 'a negative pad fails inside jnp.pad without naming '
-                          'pad')}),
+        'x: wrong rank': Raises('x', X[0], ValueError, 'x must be a batch of images', TRACED),
+        'pad < 0': Raises('pad', -1, ValueError, 'pad must be >= 0')}),
 
     # Pixel-perturbation curves.
     'perturbation.pixel_counts': Entry(_plain(percentages=[0.0, 50.0], num_pixels=H * W), {
@@ -767,7 +738,7 @@ TABLE: dict[str, Entry] = {
         'scores: batch of zero': Raises('scores', SCORES[:0], ValueError,
                                         'scores must be a non-empty batch', TRACED),
         'scores: NaN': Raises('scores', _poke(SCORES, np.nan), ValueError, 'scores must be finite',
-                              UNCHECKED, xfail=_PERT + 'pixel_ranks ranks NaN scores silently')}),
+                              UNCHECKED)}),
     'perturbation.replace_top': Entry(_plain(x=X, ranks=RANKS, fill=np.zeros(C, np.float32),
                                              k=3), {
         'x: wrong rank': Raises('x', X[0], ValueError, 'x must be a non-empty batch of images',
@@ -789,19 +760,15 @@ TABLE: dict[str, Entry] = {
     'perturbation.fill_images': Entry(_plain(x=X, fill='mean', mean=np.full(C, 0.5, np.float32)), {
         'x: wrong rank': Raises('x', X[0], ValueError, 'x must be a non-empty batch of images',
                                 TRACED),
-        'fill: unknown': Raises('fill', 'zero', ValueError, 'fill must be one of',
-                                xfail=_PERT_ORDER),
+        'fill: unknown': Raises('fill', 'zero', ValueError, 'fill must be one of'),
         'mean: wrong length': Raises('mean', np.zeros(2, np.float32), ValueError,
-                                     r'mean must be a colour f32\[3\]', xfail=_PERT_ORDER),
-        'keys: missing': Raises('fill', 'noise', ValueError, r'keys must be key\[2\]',
-                                xfail=_PERT_ORDER)}),
+                                     r'mean must be a colour f32\[3\]'),
+        'keys: missing': Raises('fill', 'noise', ValueError, r'keys must be key\[2\]')}),
     'perturbation.perturbation_curves': Entry(
         lambda _: dict(apply_fn=_tiny_net()[0].apply, params=_tiny_net()[1], x=X,
                        scores=SCORES[None], tiebreak=TIEBREAK, fill=np.zeros_like(X),
                        num_pixels=np.array([0, 3], np.int32)), {
-            'x: NaN': Raises('x', _poke(X, np.nan), ValueError, 'x must be finite', UNCHECKED,
-                             xfail=_PERT + 'perturbation_curves checks no pixel values '
-                             '(NaN/inf/[0, 1]) of x or fill'),
+            'x: NaN': Raises('x', _poke(X, np.nan), ValueError, 'x must be finite', UNCHECKED),
             'x: integer': Raises('x', X.astype(np.uint8), TypeError, 'x must be floating point',
                                  TRACED),
             'scores: not [R,B,H,W]': Raises('scores', SCORES, ValueError,
@@ -821,9 +788,8 @@ TABLE: dict[str, Entry] = {
         'no arguments': NoArguments('reads $ADVSAL_CHECKPOINT_DIR; load reports a missing '
                                     'checkpoint')}),
     'checkpoints.resolve': Entry(_plain(name_or_path='alexnet_cifar'), {
-        'name_or_path: None': Raises('name_or_path', None, TypeError, 'name_or_path',
-                                     xfail=_CKPT + "resolve(None) raises pathlib's TypeError, "
-                                     'which does not name name_or_path')}),
+        'name_or_path: None': Raises('name_or_path', None, TypeError,
+                                     'name_or_path must be a model name or a checkpoint')}),
     'checkpoints.load': Entry(_plain(name_or_path='alexnet_cifar'), {
         'name_or_path: no checkpoint': Elsewhere(
             'checkpoints_test.py::test_missing_checkpoint_is_a_clear_error'),
@@ -836,11 +802,8 @@ TABLE: dict[str, Entry] = {
                          variables={'w': np.zeros(2, np.float32)}, metadata={}), {
             'model_name: unknown': Raises('model_name', 'resnet', ValueError,
                                           "model 'resnet'"),
-            'metadata: not a dict': Raises('metadata', [], TypeError, 'metadata',
-                                           xfail=_CKPT + "metadata=[] fails with '\\'list\\' "
-                                           "object is not a mapping', not naming metadata"),
-            'step < 0': Raises('step', -1, ValueError, 'step',
-                               xfail=_CKPT + 'save accepts a negative step')}),
+            'metadata: not a dict': Raises('metadata', [], TypeError, 'metadata must be a mapping'),
+            'step < 0': Raises('step', -1, ValueError, 'step must be an int >= 0')}),
     'checkpoints.record_weights_sha256': Entry(_plain(name_or_path=TmpPath('none')), {
         'name_or_path: no checkpoint': Raises('name_or_path', TmpPath('none'), ValueError,
                                               'metadata.json missing')}),
@@ -850,16 +813,14 @@ TABLE: dict[str, Entry] = {
         'files: damaged, metadata broken': Elsewhere(
             'hostile_files_test.py::test_every_damaged_weight_file_is_named')}),
     'checkpoints.weights_sha256': Entry(_plain(directory=TmpPath('none'), step=0), {
-        'directory: no such step': Raises('directory', TmpPath('none'), ValueError, 'none',
-                                          xfail=_CKPT + 'weights_sha256 returns {} for a '
-                                          'directory without orbax/<step>')}),
+        'directory: no such step': Raises('directory', TmpPath('none'), ValueError,
+                                          'none/orbax/0 is not a directory')}),
     'checkpoints.manager': Entry(lambda tmp: dict(directory=tmp / 'm'), {
         'max_to_keep < 0': Raises('max_to_keep', -1, ValueError, 'max_to_keep')}),
     'checkpoints.save_state': Entry(
         lambda tmp: dict(mngr=checkpoints.manager(tmp / 'm'), step=0,
                          state={'w': np.zeros(2, np.float32)}), {
-            'step < 0': Raises('step', -1, ValueError, 'step',
-                               xfail=_CKPT + 'save_state accepts a negative step')}),
+            'step < 0': Raises('step', -1, ValueError, 'step must be an int >= 0')}),
     'checkpoints.restore_state': Entry(
         lambda tmp: dict(mngr=checkpoints.manager(tmp / 'm'),
                          abstract_state={'w': jax.ShapeDtypeStruct((2,), jnp.float32)}), {

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advsal_jax import _checks
+
 DISSIMILARITIES = ('log_ratio', 'difference')
 NORMALIZATIONS = ('graph', 'power')
 
@@ -275,11 +277,18 @@ def gbvs(x: jax.typing.ArrayLike, *, grid_size: int = 32, sigma_frac_act: float 
   return out.reshape(chunks * per_chunk, height, width, 1)[:batch]
 
 
-def _check_pair(adv_map: jax.typing.ArrayLike, clean_map: jax.typing.ArrayLike):
-  """Raises ``ValueError`` unless the two maps have the same shape."""
+def _check_pair(adv_map: jax.typing.ArrayLike, clean_map: jax.typing.ArrayLike, *,
+                non_negative: bool = False):
+  """Raises ``ValueError`` unless the maps have the same shape and, when concrete, are finite
+  (and ``>= 0`` with ``non_negative``)."""
   if np.shape(adv_map) != np.shape(clean_map):
     raise ValueError(f'adv_map and clean_map must have the same shape, got '
                      f'{np.shape(adv_map)} and {np.shape(clean_map)}.')
+  for name, value in (('adv_map', adv_map), ('clean_map', clean_map)):
+    _checks.check_finite(value, name=name)
+    if non_negative and _checks.is_concrete(value) and (np.asarray(value) < 0).any():
+      raise ValueError(f'{name} must be non-negative (its log is taken), got min '
+                       f'{np.asarray(value).min():.4g}.')
 
 
 def saliency_difference(adv_map: jax.typing.ArrayLike,
@@ -294,7 +303,7 @@ def saliency_difference(adv_map: jax.typing.ArrayLike,
     The difference, same shape.
 
   Raises:
-    ValueError: the shapes differ.
+    ValueError: the shapes differ; NaN or inf in a concrete map.
   """
   _check_pair(adv_map, clean_map)
   return jnp.asarray(adv_map) - jnp.asarray(clean_map)
@@ -313,9 +322,10 @@ def log_ratio_difference(adv_map: jax.typing.ArrayLike, clean_map: jax.typing.Ar
     The log ratio, same shape.
 
   Raises:
-    ValueError: the shapes differ or ``eps`` is not positive.
+    ValueError: the shapes differ or ``eps`` is not positive; NaN, inf or negative values in
+      a concrete map.
   """
-  _check_pair(adv_map, clean_map)
+  _check_pair(adv_map, clean_map, non_negative=True)
   if not isinstance(eps, numbers.Real) or not eps > 0:
     raise ValueError(f'eps must be a positive float, got {eps!r}.')
   return jnp.log((jnp.asarray(adv_map) + eps) / (jnp.asarray(clean_map) + eps))

@@ -143,35 +143,38 @@ def _layer_output(calls: dict[str, list[jax.Array]], layer: str, batch: int) -> 
 
 
 def _check_collections(variables: Params, name: str, *, params: bool = True):
-  """Raises ValueError unless ``variables`` is a mapping of collections (holding 'params')."""
-  if not isinstance(variables, Mapping) or (
-      params and not isinstance(variables.get('params'), Mapping)):
-    want = "a mapping of collections holding 'params'" if params else 'a mapping of collections'
-    got = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
-    raise ValueError(f'{name} must be flax variables, {want}; got {got}.')
+  """Checks ``variables`` is a mapping of collections (holding a 'params' mapping).
+
+  Raises:
+    TypeError: not a mapping.
+    ValueError: no 'params' mapping (with ``params``).
+  """
+  if not isinstance(variables, Mapping):
+    raise TypeError(f'{name} must be flax variables, a mapping of collections; got '
+                    f'{type(variables).__name__}.')
+  if params and not isinstance(variables.get('params'), Mapping):
+    raise ValueError(f"{name} must be flax variables, a mapping of collections holding "
+                     f"'params'; got collections {sorted(variables)}.")
 
 
 def classifier_variables(variables: Params) -> Params:
   """The classifier's variables inside a masker's ``variables`` (collections that hold any).
 
+  Empty for a classifier without variables.
+
   Raises:
-    ValueError: ``variables`` is not a mapping of collections, or no collection holds a
-      ``'classifier'`` subtree (they are not a masker's variables).
+    TypeError: ``variables`` is not a mapping of collections.
   """
   _check_collections(variables, 'variables', params=False)
-  out = {col: tree[CLASSIFIER] for col, tree in variables.items() if CLASSIFIER in tree}
-  if not out:
-    raise ValueError(f'variables must be a masker\'s variables, with the classifier\'s under '
-                     f'<collection>/{CLASSIFIER!r}; got collections {sorted(variables)} without '
-                     'one.')
-  return out
+  return {col: tree[CLASSIFIER] for col, tree in variables.items() if CLASSIFIER in tree}
 
 
 def decoder_params(variables: Params) -> Params:
   """The masker's own trainable parameters: ``{'params': ...}`` without the classifier.
 
   Raises:
-    ValueError: ``variables`` is not a mapping of collections holding ``'params'``.
+    TypeError: ``variables`` is not a mapping of collections.
+    ValueError: ``variables`` holds no ``'params'`` collection.
   """
   _check_collections(variables, 'variables')
   return {'params': {k: v for k, v in variables['params'].items() if k != CLASSIFIER}}
@@ -181,8 +184,9 @@ def attach_classifier(decoder: Params, classifier_vars: Params) -> Params:
   """Masker variables from decoder parameters and classifier variables (inverse of the two above).
 
   Raises:
-    ValueError: ``decoder`` is not ``{'params': ...}`` (``decoder_params``' output) or
-      ``classifier_vars`` is not a mapping of collections.
+    TypeError: ``decoder`` or ``classifier_vars`` is not a mapping of collections.
+    ValueError: ``decoder`` holds no ``'params'`` (``decoder_params`` gives
+      ``{'params': ...}``).
   """
   _check_collections(decoder, 'decoder')
   _check_collections(classifier_vars, 'classifier_vars', params=False)
