@@ -168,7 +168,7 @@ def test_bad_inputs(name, setup, masker):
   static, batched, _ = CASES[name]
   explain = functools.partial(saliency.explain, name, apply_fn, variables,
                               key=jax.random.key(0), layer=LAYER, **static, **batched)
-  with pytest.raises(ValueError, match='rank'):
+  with pytest.raises(ValueError, match=r'x must be a batch of images'):
     explain(x[0], target)
   with pytest.raises(ValueError, match=rf'\[0, {K}\)'):
     explain(x, target.at[1].set(K))
