@@ -4,10 +4,8 @@ a run end to end on random-weight checkpoints, resume, and the binaries' flag ch
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ from advsal_jax.studies import catalog
 from advsal_jax.studies import store
 
 from testing_utils import random_study_checkpoint, TinyNet
+from testing_utils import kill_when
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 B, H, W, C, K = 3, 8, 8, 3, 4
@@ -272,14 +271,8 @@ def test_binary_killed_mid_run_resumes_to_the_same_tables(checkpoints_and_data, 
   proc = subprocess.run(cmd(whole), cwd=_ROOT, env=env, capture_output=True, text=True,
                         timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  child = subprocess.Popen(cmd(killed), cwd=_ROOT, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
   first = store.shard_path(killed, study.SWEEP_STAGE, 0)
-  deadline = time.time() + 600
-  while not first.exists() and child.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  child.send_signal(signal.SIGKILL)
-  child.wait()
+  kill_when(cmd(killed), first.exists, cwd=_ROOT, env=env)
   assert first.exists() and not (killed / 'report.md').exists()
   proc = subprocess.run(cmd(killed, '--resume'), cwd=_ROOT, env=env, capture_output=True,
                         text=True, timeout=900)

@@ -6,10 +6,8 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +25,7 @@ from advsal_jax.studies import detect_adversarial_report as study_report
 from advsal_jax.studies import store
 
 from testing_utils import random_study_checkpoint, TinyNet
+from testing_utils import kill_when
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 B, H, W, C, K = 3, 8, 8, 3, 4
@@ -301,14 +300,8 @@ def test_binary_killed_mid_run_resumes_to_the_same_tables(checkpoint_and_data, t
   proc = subprocess.run(cmd(whole), cwd=_ROOT, env=env, capture_output=True, text=True,
                         timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  child = subprocess.Popen(cmd(killed), cwd=_ROOT, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
   first = store.shard_path(killed, study.SHIFT_STAGE, 0)
-  deadline = time.time() + 600
-  while not first.exists() and child.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  child.send_signal(signal.SIGKILL)
-  child.wait()
+  kill_when(cmd(killed), first.exists, cwd=_ROOT, env=env)
   assert first.exists() and not (killed / 'report.md').exists()
   proc = subprocess.run(cmd(killed, '--resume'), cwd=_ROOT, env=env, capture_output=True,
                         text=True, timeout=900)

@@ -7,10 +7,8 @@ import os
 import pathlib
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +31,7 @@ from advsal_jax.studies import explain_adversarial_report as study_report
 from advsal_jax.studies import explain_adversarial_summary as study_summary
 from advsal_jax.studies import runner
 from advsal_jax.studies import store
+from testing_utils import kill_when
 from testing_utils import linear_apply
 from testing_utils import write_official_cifar
 
@@ -611,12 +610,7 @@ def test_a_killed_binary_resumes_to_the_same_summary(setup, smoke_run, tmp_path)
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   cmd = [sys.executable, 'experiments/explain_adversarial.py', *_SMOKE_FLAGS,
          f'--checkpoint={ckpt}', f'--data_dir={data_dir}', f'--output_dir={tmp_path}']
-  proc = subprocess.Popen(cmd, cwd=_ROOT, env=env)
-  deadline = time.time() + 300
-  while not store.shard_files(tmp_path, 'maps') and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_when(cmd, lambda: bool(store.shard_files(tmp_path, 'maps')), cwd=_ROOT, env=env)
   assert store.shard_files(tmp_path, 'attacks') and not (tmp_path / 'report.md').exists()
   subprocess.run([*cmd, '--resume'], cwd=_ROOT, env=env, check=True, timeout=600)
   assert (json.loads((tmp_path / 'config.json').read_text())

@@ -4,10 +4,8 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +18,7 @@ from advsal_jax.studies import catalog
 from advsal_jax.studies import localize_attacks as study
 from advsal_jax.studies import localize_attacks_report as study_report
 from advsal_jax.studies import store
+from testing_utils import kill_when
 from testing_utils import linear_apply
 from testing_utils import random_study_checkpoint
 
@@ -288,14 +287,8 @@ def test_binary_killed_mid_run_resumes_to_the_same_tables(setup, tmp_path):
   proc = subprocess.run(_binary(ckpt, data_dir, whole), cwd=_ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  child = subprocess.Popen(_binary(ckpt, data_dir, killed), cwd=_ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = store.shard_path(killed, study.ATTACK_STAGE, 0)
-  deadline = time.time() + 300
-  while not first.exists() and child.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  child.send_signal(signal.SIGKILL)
-  child.wait()
+  kill_when(_binary(ckpt, data_dir, killed), first.exists, cwd=_ROOT, env=env)
   assert first.exists() and not (killed / 'report.md').exists()
   proc = subprocess.run(_binary(ckpt, data_dir, killed, '--resume'), cwd=_ROOT, env=env,
                         capture_output=True, text=True, timeout=600)

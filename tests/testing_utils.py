@@ -6,6 +6,10 @@ Fixtures stay in ``conftest.py``; a test imports these with ``from testing_utils
 import functools
 import pathlib
 import pickle
+import signal
+import subprocess
+import time
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -126,3 +130,15 @@ class CompileCounter:
     del duration, kwargs
     if event == '/jax/core/compile/backend_compile_duration':
       self.compiles += 1
+
+
+def kill_when(cmd: Sequence[str], ready: Callable[[], bool], *, cwd: pathlib.Path, env: dict,
+              timeout: float = 600.0):
+  """Runs ``cmd`` and kills it with SIGKILL once ``ready()`` holds (or it exits, or time is up)."""
+  child = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not ready() and child.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
