@@ -4,7 +4,8 @@
 ``$ADVSAL_DATA_DIR``, for the official files (CIFAR-10 "python version" pickles under
 ``cifar10/cifar-10-batches-py/``, MNIST IDX ``.gz`` files under ``mnist/``), and otherwise
 reads the dataset through ``tfds.data_source`` (array_record, no TensorFlow needed), which
-downloads it on first use.
+downloads it on first use. ``cifar10_catdog`` is CIFAR-10's cat and dog images only, read
+from CIFAR-10's files (``SUBSETS``).
 """
 
 import gzip
@@ -22,7 +23,7 @@ import numpy as np
 from advsal_jax import _checks
 
 DATA_DIR_ENV = 'ADVSAL_DATA_DIR'
-DATASETS = ('cifar10', 'mnist')
+DATASETS = ('cifar10', 'cifar10_catdog', 'mnist')
 SPLITS = ('train', 'test')
 
 _CIFAR_SUBDIR = 'cifar10/cifar-10-batches-py'
@@ -31,6 +32,11 @@ _MNIST_SUBDIR = 'mnist'
 _MNIST_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
                 'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
 MNIST_CLASSES = tuple(str(i) for i in range(10))
+SUBSETS = {'cifar10_catdog': ('cifar10', (3, 5))}
+"""Datasets made of some classes of another: name -> (that dataset, the labels kept). The
+kept classes are relabelled 0, 1, ... in the order given: ``cifar10_catdog`` is CIFAR-10's
+cat (3) and dog (5) images, 0 = cat and 1 = dog (10,000 train, 2,000 test images), the
+stand-in for paper 003's ASSIRA cats-vs-dogs dataset."""
 
 
 class Dataset(NamedTuple):
@@ -66,6 +72,7 @@ def offline_files(name: str, split: str, root: str | os.PathLike) -> list[pathli
   if not isinstance(root, (str, os.PathLike)):
     raise TypeError(f'root must be a directory path (str or os.PathLike), got {root!r}.')
   root = pathlib.Path(root)
+  name = SUBSETS[name][0] if name in SUBSETS else name
   if name == 'cifar10':
     return [root / _CIFAR_SUBDIR / f for f in _CIFAR_FILES[split]]
   return [root / _MNIST_SUBDIR / f for f in _MNIST_FILES[split]]
@@ -202,18 +209,37 @@ def _load_tfds(name: str, split: str) -> Dataset:
   return Dataset(images, labels, names, f'tfds:{name}')
 
 
+def _select_classes(dataset: Dataset, classes: tuple[int, ...]) -> Dataset:
+  """The examples of ``dataset`` labelled one of ``classes``, relabelled by their position there.
+
+  Args:
+    dataset: a split with labels in [0, K).
+    classes: distinct labels of ``dataset``; ``classes[i]`` becomes label ``i``.
+
+  Returns:
+    A ``Dataset`` with the kept images in their original order, ``labels int32[n]`` in
+    [0, len(classes)) and the kept classes' names.
+  """
+  relabel = np.full(len(dataset.class_names), -1, np.int32)
+  relabel[list(classes)] = np.arange(len(classes))
+  keep = np.isin(dataset.labels, classes)
+  return Dataset(dataset.images[keep], relabel[dataset.labels[keep]],
+                 tuple(dataset.class_names[c] for c in classes), dataset.source)
+
+
 def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> Dataset:
   """Loads a dataset split into memory.
 
   Args:
-    name: ``'cifar10'`` or ``'mnist'``.
+    name: one of ``DATASETS`` (``'cifar10'``, ``'cifar10_catdog'``, ``'mnist'``).
     split: ``'train'`` or ``'test'``.
     data_dir: a directory holding the official offline files (see module docstring). If
       None, ``$ADVSAL_DATA_DIR`` is used when set; otherwise tensorflow-datasets.
 
   Returns:
     A ``Dataset`` with ``images uint8[N,H,W,C]`` (CIFAR-10 32x32x3, MNIST 28x28x1),
-    ``labels int32[N]`` and the class names, in the official order.
+    ``labels int32[N]`` and the class names, in the official order (a ``SUBSETS`` dataset:
+    its classes' images in the official order, relabelled).
 
   Raises:
     ValueError: unknown name/split, or a truncated, corrupt or hostile file (the message
@@ -222,6 +248,9 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None) ->
     FileNotFoundError: ``data_dir`` (or ``$ADVSAL_DATA_DIR``) was given but lacks the files.
   """
   _check_name_split(name, split)
+  if name in SUBSETS:
+    parent, classes = SUBSETS[name]
+    return _select_classes(load(parent, split, data_dir=data_dir), classes)
   root, origin = data_dir, 'the data_dir argument'
   if root is None and os.environ.get(DATA_DIR_ENV):
     root, origin = os.environ[DATA_DIR_ENV], f'${DATA_DIR_ENV}'

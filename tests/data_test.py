@@ -46,6 +46,21 @@ def test_cifar_official_format_round_trip(tmp_path, monkeypatch):
   assert test.class_names[0] == 'airplane' and len(test.class_names) == 10
 
 
+def test_cifar10_catdog_is_cifar10_cats_and_dogs_relabelled(tmp_path):
+  arrays = write_official_cifar(tmp_path, np.random.default_rng(0), per_batch=40)
+  for split, files in (('train', [f'data_batch_{i}' for i in range(1, 6)]),
+                       ('test', ['test_batch'])):
+    images = np.concatenate([arrays[f][0] for f in files])
+    labels = np.concatenate([arrays[f][1] for f in files])
+    ds = data.load('cifar10_catdog', split, data_dir=tmp_path)
+    keep = [i for i, y in enumerate(labels) if y in (3, 5)]
+    assert keep and ds.class_names == ('cat', 'dog') and ds.labels.dtype == np.int32
+    np.testing.assert_array_equal(ds.images, images[keep])
+    np.testing.assert_array_equal(ds.labels, [0 if labels[i] == 3 else 1 for i in keep])
+    assert data.checksums('cifar10_catdog', split, data_dir=tmp_path) == data.checksums(
+        'cifar10', split, data_dir=tmp_path)
+
+
 def test_mnist_idx_round_trip_and_env_var(tmp_path, monkeypatch):
   arrays = _write_mnist(tmp_path, np.random.default_rng(1))
   monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
@@ -89,6 +104,18 @@ def test_tfds_path_under_mock_data(name, shape, monkeypatch):
   assert ds.source == f'tfds:{name}' and len(ds.class_names) == 10
 
 
+def test_cifar10_catdog_through_tfds_under_mock_data(monkeypatch):
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  with tfds.testing.mock_data(num_examples=60):
+    cifar = data.load('cifar10', 'test')
+    catdog = data.load('cifar10_catdog', 'test')
+  keep = np.isin(cifar.labels, [3, 5])
+  np.testing.assert_array_equal(catdog.images, cifar.images[keep])
+  np.testing.assert_array_equal(catdog.labels, cifar.labels[keep] == 5)
+  assert catdog.class_names == tuple(cifar.class_names[c] for c in (3, 5))  # mock names
+  assert catdog.source == 'tfds:cifar10'
+
+
 def test_real_files_match_published_facts(data_dir):
   sums = dict(line.split()[::-1] for line in
               (pathlib.Path(data_dir) / 'SHA256SUMS').read_text().splitlines() if line.strip())
@@ -105,6 +132,20 @@ def test_real_files_match_published_facts(data_dir):
                                                             958, 1028, 974, 1009])
   for name, digest in data.checksums('mnist', 'test', data_dir=data_dir).items():
     assert sums[f'mnist/{name}'] == digest
+
+
+def test_real_cifar10_catdog_split_sizes_and_images(data_dir):
+  for split, n in (('train', 10_000), ('test', 2_000)):
+    cifar = data.load('cifar10', split, data_dir=data_dir)
+    catdog = data.load('cifar10_catdog', split, data_dir=data_dir)
+    cats, dogs = cifar.images[cifar.labels == 3], cifar.images[cifar.labels == 5]
+    assert len(catdog.labels) == n and np.bincount(catdog.labels).tolist() == [n // 2] * 2
+    assert cifar.class_names[3] == 'cat' and cifar.class_names[5] == 'dog'
+    np.testing.assert_array_equal(catdog.images[catdog.labels == 0], cats)
+    np.testing.assert_array_equal(catdog.images[catdog.labels == 1], dogs)
+  # The first test images labelled cat or dog: CIFAR-10 test rows 0 (cat), 8 (cat), 12 (dog).
+  np.testing.assert_array_equal(catdog.labels[:3], [0, 0, 1])
+  np.testing.assert_array_equal(catdog.images[:3], cifar.images[[0, 8, 12]])
 
 
 def test_batches_shuffle_drop_remainder_and_range():

@@ -65,6 +65,19 @@ def test_crafted_cifar_batch_is_refused_and_runs_nothing(tmp_path, protocol, pay
   assert not marker.exists()
 
 
+@pytest.mark.parametrize('split,name', [('test', 'test_batch'), ('train', 'data_batch_4')])
+def test_crafted_cifar_batch_is_refused_for_the_catdog_subset_too(tmp_path, split, name):
+  # cifar10_catdog reads CIFAR-10's files, through the same unpickler.
+  write_official_cifar(tmp_path, np.random.default_rng(0), per_batch=2)
+  marker = tmp_path / 'pwned.npy'  # np.save keeps a .npy name as it is.
+  path = _cifar_dir(tmp_path) / name
+  path.write_bytes(pickle.dumps(_trojans(marker)['os.system'], protocol=2))
+  with pytest.raises(ValueError, match='refused to import') as e:
+    data.load('cifar10_catdog', split, data_dir=tmp_path)
+  assert str(path) in str(e.value)
+  assert not marker.exists()
+
+
 def test_crafted_batches_meta_is_refused_and_runs_nothing(tmp_path):
   write_official_cifar(tmp_path, np.random.default_rng(0), per_batch=2)
   marker = tmp_path / 'pwned.npy'  # np.save keeps a .npy name as it is.
