@@ -36,6 +36,7 @@ from advsal_jax.types import ApplyFn, Params, PRNGKey
 DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
     'cnn_mnist': ('conv2', 'conv4'),
     'alexnet_cifar': ('conv1', 'conv2', 'conv5'),
+    'alexnet_catdog': ('conv1', 'conv2', 'conv5'),
 }
 """Classifier layers the masker reads, shallow to deep, per registered model."""
 

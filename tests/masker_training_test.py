@@ -243,7 +243,8 @@ def test_binary_killed_mid_run_resumes_to_the_same_masker(tmp_path):
   assert not (root / 'w4').exists()
 
 
-@pytest.mark.parametrize('name', ['masker_cnn_mnist', 'masker_alexnet_cifar'])
+@pytest.mark.parametrize('name', ['masker_cnn_mnist', 'masker_alexnet_cifar',
+                                  'masker_alexnet_catdog'])
 def test_committed_masker_reproduces_its_quality_check(name, data_dir):
   masker, variables, meta = saliency.load_masker(name)
   assert meta['kind'] == 'masker' and meta['classifier'] == meta['model']
