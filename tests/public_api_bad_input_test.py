@@ -73,6 +73,7 @@ MASK_A, MASK_B = MAPS > 0.5, MAPS_B > 0.4
 SEGMENTS = grid_segments(B, H, W)
 LOGITS = _RNG.normal(size=(B, K)).astype(np.float32)
 SAMPLE = _RNG.normal(size=12)
+SAMPLE_LABELS = np.arange(12) % 2
 SCORES = X[..., 0]
 TIEBREAK = _RNG.uniform(size=(B, H, W)).astype(np.float32)
 RANKS = np.broadcast_to(np.arange(H * W)[::-1].reshape(H, W), (B, H, W)).astype(np.int32)
@@ -709,6 +710,28 @@ TABLE: dict[str, Entry] = {
                               'values contains NaN'),
         'n_resamples < 1': Raises('n_resamples', 0, ValueError,
                                   'n_resamples must be a positive int')}),
+    'metrics.auroc': Entry(_plain(scores=SAMPLE, labels=SAMPLE_LABELS), {
+        **{c: Elsewhere('metrics_detection_test.py::test_errors_name_the_argument')
+           for c in ('scores: wrong rank', 'scores: not numbers', 'labels: other shape',
+                     'labels: float')},
+        'scores: NaN': Raises('scores', _poke(SAMPLE, np.nan), ValueError,
+                              'scores contains NaN'),
+        'labels: not 0/1': Raises('labels', SAMPLE_LABELS * 2, ValueError,
+                                  'labels must be 0 or 1'),
+        'labels: one class': Raises('labels', np.ones(12, np.int32), ValueError,
+                                    'labels must hold at least one positive and one negative'),
+        'labels: bool': Accepts('labels', SAMPLE_LABELS.astype(bool), '1 = True = positive')},
+        host=True),
+    'metrics.tpr_at_fpr': Entry(_plain(scores=SAMPLE, labels=SAMPLE_LABELS, fpr=0.25), {
+        **{c: Elsewhere('metrics_detection_test.py::test_errors_name_the_argument')
+           for c in ('scores: NaN', 'scores: wrong rank', 'labels: not 0/1',
+                     'labels: one class')},
+        'scores: inf': Raises('scores', _poke(SAMPLE, np.inf), ValueError,
+                              'scores contains NaN or infinite'),
+        'fpr: outside [0, 1]': Raises('fpr', -0.1, ValueError, r'fpr must be a number in \[0, 1\]'),
+        'fpr: NaN': Raises('fpr', np.nan, ValueError, 'fpr must be a number'),
+        'scores: integer': Accepts('scores', np.arange(12), 'ranked as numbers',
+                                   reference=np.arange(12.0))}, host=True),
 
     # Data.
     'data.offline_files': Entry(_plain(name='cifar10', split='test', root=TmpPath('data')), {
