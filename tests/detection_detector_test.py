@@ -1,4 +1,4 @@
-"""Detection sets, detector training, scores, evaluation and adversarial training on toy problems."""
+"""Detection sets, detector training, scores, evaluation, adversarial training: toy problems."""
 
 import functools
 

@@ -1,4 +1,4 @@
-"""AUROC and TPR at a fixed FPR against brute-force numpy and scipy's Mann-Whitney U, ties included."""
+"""AUROC and TPR at a fixed FPR against brute-force numpy and scipy's Mann-Whitney U, with ties."""
 
 import numpy as np
 import pytest

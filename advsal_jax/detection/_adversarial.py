@@ -79,8 +79,10 @@ def adversarial_training(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
   if not isinstance(detector, _detector.Detector):
     raise TypeError(f'detector must be a detection.Detector, got {type(detector).__name__}.')
   if not isinstance(detector_params, dict) or set(detector_params) != {'source', 'detector'}:
+    got = (sorted(detector_params) if isinstance(detector_params, dict)
+           else type(detector_params).__name__)
     raise ValueError("detector_params must be a dict with keys 'source' and 'detector', got "
-                     f'{sorted(detector_params) if isinstance(detector_params, dict) else type(detector_params).__name__}.')
+                     f'{got}.')
   _detector.check_inputs(inputs)
   _detector.check_labels01(input_labels, np.shape(inputs)[0], name='input_labels')
   shape = jax.eval_shape(detector.inputs, detector_params['source'],
