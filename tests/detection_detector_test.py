@@ -112,6 +112,27 @@ def test_identical_problem_stays_at_chance():
   assert 0.35 <= result.auroc <= 0.65
 
 
+def test_jit_equals_eager():
+  x, y = _detection_set(_add_pattern, 16, 5)
+  model = LinearDetector()
+  variables = model.init(jax.random.key(0), x[:1])
+  train = functools.partial(detection.train_detector, model.apply, num_epochs=2, batch_size=8)
+  eager, eager_losses = train(variables, x, y, key=jax.random.key(1))
+  jitted, jitted_losses = jax.jit(train)(variables, x, y, key=jax.random.key(1))
+  np.testing.assert_allclose(jitted_losses, eager_losses, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  scores = functools.partial(detection.detector_scores, model.apply, batch_size=5)
+  np.testing.assert_allclose(jax.jit(scores)(eager, x), scores(eager, x), rtol=1e-5, atol=1e-6)
+  clean = _images(8, 6)
+  make = functools.partial(detection.make_detection_set, functools.partial(attacks.fgsm, eps=0.1),
+                           tanh_mlp, batch_size=3)
+  want = make(_classifier(), clean, _labels(clean), key=jax.random.key(2))
+  got = jax.jit(make)(_classifier(), clean, _labels(clean), key=jax.random.key(2))
+  np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+  np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_scores_are_the_logit_difference_in_any_batch_size():
   model = LinearDetector()
   x = _images(10, 2)

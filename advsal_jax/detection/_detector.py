@@ -12,7 +12,7 @@ signed gradients) and without its [0, 1] input check.
 """
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -279,9 +279,9 @@ def train_detector(apply_fn: ApplyFn, variables: Params, inputs: jax.typing.Arra
   _checks.check_count(batch_size, 'batch_size')
   if batch_size > n:
     raise ValueError(f'batch_size must be <= the number of inputs N={n}, got {batch_size}.')
-  if not isinstance(variables, dict) or 'params' not in variables:
-    raise ValueError('variables must be flax variables holding \'params\', got '
-                     f'{sorted(variables) if isinstance(variables, dict) else type(variables)}.')
+  if not isinstance(variables, Mapping) or 'params' not in variables:
+    got = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
+    raise ValueError(f"variables must be flax variables holding 'params', got {got}.")
   if _checks.num_classes(apply_fn, variables, inputs) != 2:
     raise ValueError('apply_fn must return two logits per input (ADVERSARIAL=0, CLEAN=1).')
   tx = optimizer or optax.adam(1e-3)
@@ -318,7 +318,8 @@ def detector_scores(apply_fn: ApplyFn, params: Params, inputs: jax.typing.ArrayL
     batch_size: static inputs per compiled batch; None: all at once.
 
   Returns:
-    f32[N]; ``score > 0`` exactly when the detector's argmax is ``ADVERSARIAL``.
+    f32[N]; ``score > 0`` when the adversarial logit is the larger (a tie, score 0, counts as
+    clean in ``evaluate_detector``).
 
   Raises:
     ValueError, TypeError: malformed ``inputs``, ``batch_size``, or a network that does not
@@ -341,8 +342,7 @@ class DetectionMetrics(NamedTuple):
   """Result of ``evaluate_detector`` (Python floats).
 
   Attributes:
-    accuracy: share of examples the detector's argmax labels correctly (score > 0 means
-      adversarial).
+    accuracy: share of examples labelled correctly by the rule "adversarial if score > 0".
     auroc: area under the ROC curve, adversarial = positive.
     tpr_at_fpr: share of adversarial examples flagged at the given rate of clean ones flagged.
   """
