@@ -9,8 +9,9 @@ import pytest
 
 from advsal_jax import attacks
 from advsal_jax import detection
+from advsal_jax import saliency
 
-from testing_utils import linear_apply, tanh_mlp, tanh_mlp_params
+from testing_utils import linear_apply, tanh_mlp, tanh_mlp_params, TinyNet
 
 B, H, W, C, K = 4, 4, 4, 2, 3
 X = np.random.default_rng(1).uniform(0.2, 0.8, size=(B, H, W, C)).astype(np.float32)
@@ -106,3 +107,17 @@ def test_errors_name_the_argument(change, error, match, compile_counter):
   with pytest.raises(error, match=match):
     _attack(**kwargs)
   assert compile_counter.compiles == before
+
+
+def test_gradient_flows_through_the_learnt_mask_of_spd():
+  """Against SPD on a learnt masker the attack differentiates through ``m(x) * x``."""
+  net = TinyNet(num_classes=K)
+  variables = net.init(jax.random.key(0), jnp.zeros((1, H, W, C)))
+  masker = saliency.Masker(net, ('stem', 'features'), width=4)
+  masker_vars = saliency.init_masker(masker, variables, X, key=jax.random.key(1))
+  detector = detection.Detector(linear_apply, 'spd', masker.apply)
+  params = {'source': masker_vars, 'detector': _detector_params()}
+  x_wb = attacks.whitebox_detector(net.apply, variables, X, LABELS, detector_fn=detector,
+                                   detector_params=params, mode='joint', detector_weight=1.0,
+                                   eps=0.1, step_size=0.05, num_steps=2)
+  assert _scores(detector, params, x_wb).mean() < _scores(detector, params, X).mean()
