@@ -6,6 +6,7 @@ from advsal_jax import attacks
 from advsal_jax import checkpoints
 from advsal_jax import compilation
 from advsal_jax import data
+from advsal_jax import detection
 from advsal_jax import metrics
 from advsal_jax import models
 from advsal_jax import parallel
@@ -24,6 +25,7 @@ __all__ = [
     'checkpoints',
     'compilation',
     'data',
+    'detection',
     'metrics',
     'models',
     'parallel',

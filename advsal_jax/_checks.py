@@ -42,6 +42,23 @@ def check_count(value: Any, name: str, *, minimum: int = 1):
     raise ValueError(f'{name} must be >= {minimum}, got {value}.')
 
 
+def check_key(key: Any, *, caller: str):
+  """Checks ``key`` is one typed PRNG key (shape ``()``) from ``jax.random.key``.
+
+  Raises:
+    ValueError: ``key`` is None or not a single key.
+    TypeError: ``key`` is not a typed key (e.g. a legacy uint32 ``PRNGKey``).
+  """
+  if key is None:
+    raise ValueError(f'{caller} draws random numbers: pass key=jax.random.key(seed), got None.')
+  if not (hasattr(key, 'dtype') and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+    raise TypeError(f'key must be a typed PRNG key from jax.random.key, got '
+                    f'{getattr(key, "dtype", type(key).__name__)}; wrap legacy uint32 keys '
+                    'with jax.random.wrap_key_data.')
+  if key.shape != ():
+    raise ValueError(f'key must be a single key (shape ()), got shape {key.shape}.')
+
+
 def num_classes(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike) -> int:
   """Number of logits K of ``apply_fn`` on ``x``, from an abstract evaluation.
 

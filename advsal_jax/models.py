@@ -29,11 +29,13 @@ MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 
 
-def check_images(x: jax.Array, *, height: int, width: int, channels: int, name: str = 'x'):
+def check_images(x: jax.Array, *, height: int, width: int, channels: int, name: str = 'x',
+                 unit_range: bool = True):
   """Raises a clear error unless ``x`` is a float batch ``[B, height, width, channels]`` in [0, 1].
 
   The value-range check runs only on concrete arrays (it is skipped while tracing, where
-  attacks and SmoothGrad legitimately evaluate the model on transformed inputs).
+  attacks and SmoothGrad legitimately evaluate the model on transformed inputs). With
+  ``unit_range=False`` (a detector over signed saliency maps) only NaN is refused.
 
   Raises:
     TypeError: if ``x`` is not floating point.
@@ -55,7 +57,7 @@ def check_images(x: jax.Array, *, height: int, width: int, channels: int, name: 
     if np.isnan(arr).any():
       raise ValueError(f'{name} contains NaN.')
     lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
-    if lo < -1e-6 or hi > 1 + 1e-6:
+    if unit_range and (lo < -1e-6 or hi > 1 + 1e-6):
       raise ValueError(f'{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}].')
 
 
@@ -152,19 +154,23 @@ class _Classifier(nn.Module):
 
   ``plain``: build from flax's stock layers (``nn.Conv`` as is, ``nn.max_pool``) instead of
   this package's faster equivalents; same parameters, same function (to float rounding).
+  ``unit_range``: inputs are images in [0, 1] (checked when concrete); False for networks
+  over other inputs, e.g. ``detection``'s detectors over signed saliency maps.
   """
   num_classes: int = 10
   mean: Sequence[float] = CIFAR10_MEAN
   std: Sequence[float] = CIFAR10_STD
   input_hw: tuple[int, int] = (32, 32)
   plain: bool = False
+  unit_range: bool = True
 
   def pool(self, x: jax.Array) -> jax.Array:
     """2x2/stride-2 max pooling: ``nn.max_pool`` if ``plain``, else ``max_pool_2x2``."""
     return nn.max_pool(x, (2, 2), (2, 2)) if self.plain else max_pool_2x2(x)
 
   def normalize(self, x: jax.Array) -> jax.Array:
-    check_images(x, height=self.input_hw[0], width=self.input_hw[1], channels=len(self.mean))
+    check_images(x, height=self.input_hw[0], width=self.input_hw[1], channels=len(self.mean),
+                 unit_range=self.unit_range)
     mean = jnp.asarray(self.mean, x.dtype).reshape(1, 1, 1, -1)
     std = jnp.asarray(self.std, x.dtype).reshape(1, 1, 1, -1)
     return (x - mean) / std

@@ -81,6 +81,11 @@ METRIC_CASES = {
     'linf_norm': [(metrics.linf_norm, (_ZERO,), 0.0)],
     'mann_whitney_u': [(lambda x, y: tuple(metrics.mann_whitney_u(x, y)),
                         (np.zeros(5), np.zeros(7)), (5 * 7 / 2, 1.0, 0.0))],
+    # Constant scores carry no information: chance AUROC; flagging any flags every negative.
+    'auroc': [(metrics.auroc, (np.zeros(6), np.arange(6) % 2), 0.5)],
+    'tpr_at_fpr': [(metrics.tpr_at_fpr, (np.zeros(6), np.arange(6) % 2), 0.0),
+                   (lambda s, y: metrics.tpr_at_fpr(s, y, 1.0), (np.zeros(6), np.arange(6) % 2),
+                    1.0)],
 }
 # Exported metric names without a case here, and why.
 NOT_METRICS = {'MannWhitneyResult': 'result type', 'MeanCI': 'result type',

@@ -2,7 +2,7 @@
 
 JAX metrics: output shape and dtype, finite values on generic inputs, jit == eager, and
 batch == per-example (each row of a batched call equals the call on that example alone).
-Host statistics: deterministic, documented result types. A name exported without an entry
+Host statistics and detection metrics: deterministic, documented result types. A name exported without an entry
 here fails ``test_every_exported_name_is_in_the_table``.
 """
 
@@ -59,6 +59,9 @@ _HOST_TABLE = {
                        metrics.MannWhitneyResult),
     'bootstrap_ci': (metrics.bootstrap_ci, lambda rng: (rng.normal(size=50),),
                      dict(rng=0, n_resamples=500), metrics.MeanCI),
+    'auroc': (metrics.auroc, lambda rng: (rng.normal(size=40), np.arange(40) % 2), {}, float),
+    'tpr_at_fpr': (metrics.tpr_at_fpr, lambda rng: (rng.normal(size=40), np.arange(40) % 2),
+                   dict(fpr=0.1), float),
 }
 
 # Result types: name -> the host function returning it.
@@ -95,7 +98,8 @@ def test_host_function_contract(name):
   inputs = make_inputs(np.random.default_rng(0))
   first, second = fn(*inputs, **kwargs), fn(*inputs, **kwargs)
   assert isinstance(first, result_type) and first == second
-  assert all(isinstance(v, float) and np.isfinite(v) for v in first)
+  values = first if isinstance(first, tuple) else (first,)
+  assert all(isinstance(v, float) and np.isfinite(v) for v in values)
 
 
 @pytest.mark.parametrize('name', sorted(_TYPE_TABLE))

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-PACKAGES = ['advsal_jax', 'advsal_jax.attacks', 'advsal_jax.metrics', 'advsal_jax.saliency']
+PACKAGES = ['advsal_jax', 'advsal_jax.attacks', 'advsal_jax.detection', 'advsal_jax.metrics',
+            'advsal_jax.saliency']
 
 
 @pytest.mark.parametrize('name', PACKAGES)

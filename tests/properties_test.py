@@ -8,7 +8,8 @@ linear model never leave the eps-ball (L-inf or L2), the mask or the box.
 
 Shapes come from a few fixed lists and every function runs under ``jax.jit`` with its options
 bound, so each compiles once per shape (eager dispatch would dominate the run time); values
-come from hypothesis.
+come from hypothesis. The white-box attack on a classifier and its detector
+(``attacks.whitebox_detector``, both modes) stays in the ball, the mask and [0, 1] too.
 """
 
 import functools
@@ -421,6 +422,31 @@ def test_attack_outputs_stay_in_ball_mask_and_box(name, targeted, case, seed, st
   attack = _jit(attacks.ATTACKS[name], linear_apply, norm=norm, targeted=targeted,
                 **({'num_steps': 3} if name == 'pgd' else {}))
   out = np.asarray(attack(params, x, labels, **kwargs))
+  assert np.all((out >= bounds[0]) & (out <= bounds[1]))
+  _assert_in_ball(out - x, eps, norm)
+  np.testing.assert_array_equal(out[mask == 0], x[mask == 0])
+
+
+def _linear_detector(params, x):
+  """Two logits linear in the flattened image (the detector of the white-box property test)."""
+  return x.reshape(x.shape[0], -1) @ params['v'] + params['c']
+
+
+@pytest.mark.parametrize('mode', ['alternate', 'joint'])
+@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.given(case=_attack_case(any_bounds=False), seed=st.integers(0, 2**31 - 1),
+                  step=_f32(0, 1), weight=_f32(0, 1))
+def test_whitebox_detector_stays_in_ball_mask_and_box(mode, case, seed, step, weight):
+  x, _, mask, eps, bounds, norm = case
+  params = _linear_params(x.shape, seed)
+  rng = np.random.default_rng(seed + 1)
+  detector = {'v': jnp.asarray(rng.normal(size=(math.prod(x.shape[1:]), 2)), jnp.float32),
+              'c': jnp.asarray(rng.normal(size=(1, 2)), jnp.float32)}
+  labels = jnp.asarray(rng.integers(0, _NUM_CLASSES, len(x)))
+  attack = _jit(attacks.whitebox_detector, linear_apply, detector_fn=_linear_detector,
+                norm=norm, mode=mode, num_steps=3)
+  out = np.asarray(attack(params, x, labels, detector_params=detector, mask=mask, eps=eps,
+                          step_size=np.full(len(x), step, np.float32), detector_weight=weight))
   assert np.all((out >= bounds[0]) & (out <= bounds[1]))
   _assert_in_ball(out - x, eps, norm)
   np.testing.assert_array_equal(out[mask == 0], x[mask == 0])

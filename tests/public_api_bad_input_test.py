@@ -1,7 +1,8 @@
 """Bad input over the whole public API: one table, one row per (function, kind of bad input).
 
 The table ``TABLE`` is the documentation of what each exported function refuses. Every
-callable exported by ``saliency``, ``attacks``, ``metrics`` (their ``__all__``), ``data``,
+callable exported by ``saliency``, ``attacks``, ``metrics``, ``detection`` (their ``__all__``),
+``data``,
 ``checkpoints`` and ``perturbation`` (their ``__all__`` when they define one, else the public
 functions and classes they define) has an entry; types and constants are listed in
 ``NOT_FUNCTIONS`` with a reason. ``test_every_exported_callable_has_a_row`` fails on a new
@@ -48,6 +49,7 @@ import pytest
 from advsal_jax import attacks
 from advsal_jax import checkpoints
 from advsal_jax import data
+from advsal_jax import detection
 from advsal_jax import metrics
 from advsal_jax import perturbation
 from advsal_jax import saliency
@@ -55,7 +57,7 @@ from advsal_jax import saliency
 from testing_utils import grid_segments, TinyNet
 
 MODULES = {'saliency': saliency, 'attacks': attacks, 'metrics': metrics, 'data': data,
-           'checkpoints': checkpoints, 'perturbation': perturbation}
+           'checkpoints': checkpoints, 'perturbation': perturbation, 'detection': detection}
 _TESTS_DIR = pathlib.Path(__file__).parent
 
 B, H, W, C, K = 2, 8, 8, 3, 3
@@ -73,6 +75,7 @@ MASK_A, MASK_B = MAPS > 0.5, MAPS_B > 0.4
 SEGMENTS = grid_segments(B, H, W)
 LOGITS = _RNG.normal(size=(B, K)).astype(np.float32)
 SAMPLE = _RNG.normal(size=12)
+SAMPLE_LABELS = np.arange(12) % 2
 SCORES = X[..., 0]
 TIEBREAK = _RNG.uniform(size=(B, H, W)).astype(np.float32)
 RANKS = np.broadcast_to(np.arange(H * W)[::-1].reshape(H, W), (B, H, W)).astype(np.int32)
@@ -175,6 +178,44 @@ def _masker():
 
 def _plain(**values):
   return lambda _: dict(values)
+
+
+def _linear_detector(variables, x):
+  """A two-logit linear detector network of flattened inputs (flax-style variables)."""
+  return x.reshape(x.shape[0], -1) @ variables['params']['w'] + variables['params']['b']
+
+
+def _not_a_model(params, x):
+  """Returns its input: not a classifier (no logits) and not a masker (no classify method)."""
+  del params
+  return x
+
+
+_DETECTOR_VARS = {'params': {'w': np.linspace(-1, 1, H * W * C * 2, dtype=np.float32).reshape(
+    H * W * C, 2), 'b': np.zeros((1, 2), np.float32)}}
+_DETECTOR = detection.Detector(_linear_detector, 'id')
+_DETECTOR_PARAMS = {'source': None, 'detector': _DETECTOR_VARS}
+_DETECTION_LABELS = np.array([0, 1], np.int32)
+
+
+def _detection_source(**extra):
+  def kwargs(_):
+    model, variables = _tiny_net()
+    return dict(apply_fn=model.apply, params=variables, x=X, **extra)
+  return kwargs
+
+
+def _masker_source(_):
+  return dict(apply_fn=_masker()[0].apply, params=_masker()[1], x=X)
+
+
+def _adversarial_training(_):
+  model, variables = _tiny_net()
+  return dict(apply_fn=model.apply, params=variables, x=X, labels=TARGET, detector=_DETECTOR,
+              detector_params=_DETECTOR_PARAMS, inputs=X, input_labels=_DETECTION_LABELS,
+              key=jax.random.key(0), rounds=1, num_epochs=1, batch_size=2,
+              attack=functools.partial(attacks.whitebox_detector, eps=0.1, step_size=0.05,
+                                       num_steps=1))
 
 
 # Row families.
@@ -541,6 +582,20 @@ TABLE: dict[str, Entry] = {
             'x: inf': Raises('x', _poke(X, np.inf), ValueError, 'x must be finite', UNCHECKED),
             'x_adv: float64': Accepts('x_adv', np.clip(X + 0.1, 0, 1).astype(np.float64),
                                       'computed in float32')}),
+    'attacks.whitebox_detector': Entry(
+        _attack(detector_fn=_DETECTOR, detector_params=_DETECTOR_PARAMS, eps=0.1,
+                step_size=0.05, num_steps=1), {
+            **_images(), **_labels('labels'),
+            **{c: Elsewhere('attacks_detector_whitebox_test.py::test_errors_name_the_argument')
+               for c in ('mode: unknown', 'detector_fn: not two logits',
+                         'detector_fn: not callable', 'clean_class: 2', 'eps < 0')},
+            'detector_weight > 1': Raises('detector_weight', 1.5, ValueError,
+                                          r'detector_weight must lie in \[0, 1\]', UNCHECKED),
+            'detector_weight < 0': Raises('detector_weight', -0.5, ValueError,
+                                          'detector_weight must be finite and >= 0',
+                                          UNCHECKED),
+            'num_steps < 1': Raises('num_steps', 0, ValueError, 'num_steps must be >= 1'),
+            'norm: unknown': Raises('norm', 'l1', ValueError, 'norm must be one of')}),
     'attacks.cross_entropy': Entry(_plain(logits=LOGITS, labels=TARGET), {
         'logits: wrong rank': Raises('logits', LOGITS[0], ValueError,
                                      r'logits must be f32\[B,K\]', TRACED),
@@ -689,6 +744,127 @@ TABLE: dict[str, Entry] = {
                               'values contains NaN'),
         'n_resamples < 1': Raises('n_resamples', 0, ValueError,
                                   'n_resamples must be a positive int')}),
+    'metrics.auroc': Entry(_plain(scores=SAMPLE, labels=SAMPLE_LABELS), {
+        **{c: Elsewhere('metrics_detection_test.py::test_errors_name_the_argument')
+           for c in ('scores: wrong rank', 'scores: not numbers', 'labels: other shape',
+                     'labels: float')},
+        'scores: NaN': Raises('scores', _poke(SAMPLE, np.nan), ValueError,
+                              'scores contains NaN'),
+        'labels: not 0/1': Raises('labels', SAMPLE_LABELS * 2, ValueError,
+                                  'labels must be 0 or 1'),
+        'labels: one class': Raises('labels', np.ones(12, np.int32), ValueError,
+                                    'labels must hold at least one positive and one negative'),
+        'labels: bool': Accepts('labels', SAMPLE_LABELS.astype(bool), '1 = True = positive')},
+        host=True),
+    'metrics.tpr_at_fpr': Entry(_plain(scores=SAMPLE, labels=SAMPLE_LABELS, fpr=0.25), {
+        **{c: Elsewhere('metrics_detection_test.py::test_errors_name_the_argument')
+           for c in ('scores: NaN', 'scores: wrong rank', 'labels: not 0/1',
+                     'labels: one class')},
+        'scores: inf': Raises('scores', _poke(SAMPLE, np.inf), ValueError,
+                              'scores contains NaN or infinite'),
+        'fpr: outside [0, 1]': Raises('fpr', -0.1, ValueError, r'fpr must be a number in \[0, 1\]'),
+        'fpr: NaN': Raises('fpr', np.nan, ValueError, 'fpr must be a number'),
+        'scores: integer': Accepts('scores', np.arange(12), 'ranked as numbers',
+                                   reference=np.arange(12.0))}, host=True),
+
+    # Detection.
+    'detection.predicted_class': Entry(_detection_source(method='gradient'), {
+        **_images(),
+        'method: unknown': Raises('method', 'saliency', ValueError,
+                                  'method must be a saliency method'),
+        'apply_fn: a classifier where a masker is needed': Raises(
+            'method', 'learnt_saliency', ValueError, 'must be a masking model')}),
+    'detection.saliency_map_input': Entry(_masker_source, {
+        **_images(),
+        'method: unknown': Elsewhere('detection_inputs_test.py::test_errors_name_the_argument'),
+        'apply_fn: not a masker': Raises('apply_fn', _not_a_model, ValueError,
+                                         'must be a masking model')}),
+    'detection.salient_pixels_input': Entry(_masker_source, {
+        'x: NaN': Raises('x', _poke(X, np.nan), ValueError, 'x must be finite', UNCHECKED),
+        'x: wrong rank': Raises('x', X[0], ValueError, 'x must be a batch of images', TRACED),
+        'method: unknown': Raises('method', 'lrp', ValueError,
+                                  'method must be a saliency method')}),
+    'detection.image_input': Entry(_plain(x=X), _images()),
+    'detection.jacobian_input': Entry(_detection_source(), {
+        **_images(),
+        'apply_fn: no logits': Raises('apply_fn', _not_a_model, ValueError,
+                                      'apply_fn/params must be a classifier')}),
+    'detection.detector_input': Entry(_plain(kind='id', apply_fn=None, params=None, x=X), {
+        **_images(),
+        'kind: unknown': Raises('kind', 'lid', ValueError, 'kind must be one of'),
+        'keywords for a kind without a method': Raises(
+            'kind', 'id', ValueError, "kind 'id' explains nothing", also={'layer': LAYER})}),
+    'detection.create_detector': Entry(_plain(name='cnn_mnist', channels=1), {
+        'name: unknown': Raises('name', 'resnet', ValueError, "Unknown model 'resnet'"),
+        'channels < 1': Raises('channels', 0, ValueError, 'channels must be >= 1'),
+        'channels: not an int': Raises('channels', 1.5, TypeError,
+                                       'channels must be a Python int')}),
+    'detection.init_detector': Entry(
+        _plain(name='cnn_mnist', channels=1, key=jax.random.key(0)), {
+            'channels < 1': Raises('channels', 0, ValueError, 'channels must be >= 1'),
+            'key: missing': Raises('key', None, ValueError, 'pass key='),
+            'key: legacy uint32': Raises('key', jax.random.PRNGKey(0), TypeError,
+                                         'key must be a typed PRNG key')}),
+    'detection.make_detection_set': Entry(
+        _detection_source(attack=functools.partial(attacks.fgsm, eps=0.1), labels=TARGET,
+                          key=jax.random.key(0)), {
+            **_images(), **_labels('labels'),
+            'attack: not callable': Raises('attack', 'fgsm', TypeError,
+                                           'attack must be a callable'),
+            'key: missing': Raises('key', None, ValueError, 'pass key='),
+            'batch_size < 1': Raises('batch_size', 0, ValueError, 'batch_size must be >= 1')}),
+    'detection.train_detector': Entry(
+        _plain(apply_fn=_linear_detector, variables=_DETECTOR_VARS, inputs=X,
+               labels=_DETECTION_LABELS, key=jax.random.key(0), num_epochs=1, batch_size=2), {
+            'inputs: NaN': Raises('inputs', _poke(X, np.nan), ValueError,
+                                  'inputs must be finite', UNCHECKED),
+            'inputs: wrong rank': Raises('inputs', X[0], ValueError,
+                                         'inputs must be a batch of images', TRACED),
+            'labels: not 0/1': Raises('labels', np.array([0, 2], np.int32), ValueError,
+                                      'labels must be CLEAN=1 or ADVERSARIAL=0', UNCHECKED),
+            'labels: wrong length': Raises('labels', _DETECTION_LABELS[:1], ValueError,
+                                           r'labels must be i32\[N\] with N=2', TRACED),
+            'labels: float': Raises('labels', _DETECTION_LABELS.astype(np.float32), TypeError,
+                                    'labels must be integer', TRACED),
+            'batch_size > N': Raises('batch_size', 3, ValueError,
+                                     'batch_size must be <= the number of inputs'),
+            'num_epochs < 1': Raises('num_epochs', 0, ValueError, 'num_epochs must be >= 1'),
+            'variables: no params': Raises('variables', {'w': np.zeros(2)}, ValueError,
+                                           "variables must be flax variables holding 'params'"),
+            'key: missing': Elsewhere('detection_detector_test.py::test_errors_name_the_argument'),
+            'inputs: float64': Accepts('inputs', X.astype(np.float64), 'computed in float32')}),
+    'detection.detector_scores': Entry(
+        _plain(apply_fn=_linear_detector, params=_DETECTOR_VARS, inputs=X), {
+            'inputs: inf': Raises('inputs', _poke(X, np.inf), ValueError,
+                                  'inputs must be finite', UNCHECKED),
+            'inputs: integer': Raises('inputs', X.astype(np.uint8), TypeError,
+                                      'inputs must be floating point', TRACED),
+            'batch_size < 1': Raises('batch_size', 0, ValueError, 'batch_size must be >= 1'),
+            'apply_fn: not two logits': Elsewhere(
+                'detection_detector_test.py::test_errors_name_the_argument'),
+            'inputs: float64': Accepts('inputs', X.astype(np.float64), 'computed in float32')}),
+    'detection.evaluate_detector': Entry(_plain(scores=SAMPLE, labels=SAMPLE_LABELS), {
+        'labels: not 0/1': Raises('labels', SAMPLE_LABELS * 2, ValueError,
+                                  'labels must be CLEAN=1 or ADVERSARIAL=0'),
+        'scores: NaN': Raises('scores', _poke(SAMPLE, np.nan), ValueError,
+                              'scores contains NaN'),
+        'scores: wrong rank': Raises('scores', SAMPLE[None], ValueError, 'scores must be 1-D'),
+        'fpr: outside [0, 1]': Raises('fpr', 2.0, ValueError, 'fpr must be a number')},
+        host=True),
+    'detection.adversarial_training': Entry(_adversarial_training, {
+        'x: NaN': Raises('x', _poke(X, np.nan), ValueError, 'x must be finite'),
+        'labels: out of range': Raises('labels', np.array([0, K], np.int32), ValueError,
+                                       r'labels must lie in \[0, 3\)'),
+        'detector: not a Detector': Raises('detector', _linear_detector, TypeError,
+                                           'detector must be a detection.Detector'),
+        'detector_params: keys': Raises('detector_params', {'detector': _DETECTOR_VARS},
+                                        ValueError, 'detector_params must be a dict with keys'),
+        'inputs: other shape': Raises('inputs', X[:, :4], ValueError,
+                                      'inputs must be detector inputs of shape'),
+        'input_labels: not 0/1': Raises('input_labels', np.array([0, 2], np.int32), ValueError,
+                                        'input_labels must be CLEAN=1 or ADVERSARIAL=0'),
+        'rounds < 1': Raises('rounds', 0, ValueError, 'rounds must be >= 1'),
+        'key: missing': Raises('key', None, ValueError, 'pass key=')}),
 
     # Data.
     'data.offline_files': Entry(_plain(name='cifar10', split='test', root=TmpPath('data')), {
@@ -856,6 +1032,12 @@ NOT_FUNCTIONS = {
     'checkpoints.CHECKPOINT_DIR_ENV': 'constant',
     'checkpoints.METADATA_FILE': 'constant',
     'perturbation.FILLS': 'constant',
+    'detection.ADVERSARIAL': 'constant (label 0)',
+    'detection.CLEAN': 'constant (label 1)',
+    'detection.INPUT_KINDS': 'constant',
+    'detection.DetectionMetrics': 'NamedTuple returned by evaluate_detector',
+    'detection.Detector': 'frozen dataclass; its checks: detection_inputs_test.py::'
+                          'test_errors_name_the_argument',
 }
 
 

@@ -32,6 +32,7 @@ import pytest
 from advsal_jax import attacks
 from advsal_jax import checkpoints
 from advsal_jax import data
+from advsal_jax import detection
 from advsal_jax import metrics
 from advsal_jax import perturbation
 from advsal_jax import saliency
@@ -39,7 +40,7 @@ from advsal_jax import saliency
 from testing_utils import grid_segments, random_study_checkpoint, TinyNet
 
 MODULES = {'saliency': saliency, 'attacks': attacks, 'metrics': metrics, 'data': data,
-           'checkpoints': checkpoints, 'perturbation': perturbation}
+           'checkpoints': checkpoints, 'perturbation': perturbation, 'detection': detection}
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TESTS_DIR = pathlib.Path(__file__).parent
 _RANDOM_PARAMETERS = ('key', 'keys', 'seed', 'rng')
@@ -72,6 +73,41 @@ def _pgd(key):
                      num_steps=2)
 
 
+def _linear_detector(variables, x):
+  """A two-logit linear detector network of flattened inputs."""
+  return x.reshape(x.shape[0], -1) @ variables['params']['w'] + variables['params']['b']
+
+
+_DETECTOR_VARS = {'params': {
+    'w': jnp.asarray(np.random.default_rng(1).normal(size=(H * W * C, 2)), jnp.float32),
+    'b': jnp.zeros((1, 2), jnp.float32)}}
+_DETECTOR = detection.Detector(_linear_detector, 'id')
+_DETECTION_LABELS = np.array([0, 1], np.int32)
+
+
+def _make_detection_set(key):
+  model, variables = _tiny_net()
+  return detection.make_detection_set(functools.partial(attacks.fgsm, eps=0.1), model.apply,
+                                      variables, X, TARGET, key=key)
+
+
+def _train_detector(key):
+  inputs = np.concatenate([X, X[::-1], X ** 2, 1 - X])
+  return detection.train_detector(_linear_detector, _DETECTOR_VARS, inputs,
+                                  np.arange(8, dtype=np.int32) % 2, key=key, num_epochs=2,
+                                  batch_size=3)
+
+
+def _adversarial_training(key):
+  model, variables = _tiny_net()
+  params, history = detection.adversarial_training(
+      model.apply, variables, X, TARGET, detector=_DETECTOR,
+      detector_params={'source': None, 'detector': _DETECTOR_VARS}, inputs=X,
+      input_labels=_DETECTION_LABELS, key=key, num_epochs=2, batch_size=1,
+      attack=functools.partial(attacks.whitebox_detector, eps=0.1, step_size=0.05, num_steps=1))
+  return params, [h['losses'] for h in history]
+
+
 def _batches(seed):
   images = (np.arange(10 * H * W * C) % 251).astype(np.uint8).reshape(10, H, W, C)
   return list(data.batches(images, np.arange(10, dtype=np.int32), 4, seed=seed))
@@ -88,6 +124,13 @@ STOCHASTIC = {
     'data.augment_cifar': (lambda k: data.augment_cifar(k, X, pad=2),
                            (jax.random.key(1), jax.random.key(2))),
     'data.batches': (_batches, (0, 1)),
+    'detection.make_detection_set': (_make_detection_set, (jax.random.key(1), jax.random.key(2))),
+    'detection.train_detector': (_train_detector, (jax.random.key(1), jax.random.key(2))),
+    'detection.init_detector': (
+        lambda k: detection.init_detector('cnn_mnist', 1, key=k)[1],
+        (jax.random.key(1), jax.random.key(2))),
+    'detection.adversarial_training': (_adversarial_training,
+                                       (jax.random.key(1), jax.random.key(2))),
     'perturbation.fill_images': (
         lambda k: perturbation.fill_images(X, 'noise', keys=jax.random.split(k, B)),
         (jax.random.key(1), jax.random.key(2))),
@@ -101,6 +144,9 @@ KEY_IGNORED = {
     'attacks.carlini_wagner_l2': dict(binary_search_steps=1, max_iterations=5),
     'attacks.deepfool': dict(max_iter=3),
     'attacks.jsma': dict(targeted=True, gamma=0.1),
+    'attacks.whitebox_detector': dict(detector_fn=_DETECTOR, eps=0.1, step_size=0.05,
+                                      num_steps=2, detector_params={'source': None,
+                                                                    'detector': _DETECTOR_VARS}),
 }
 
 _CONTRACT = 'saliency_contract_test.py::test_contract'

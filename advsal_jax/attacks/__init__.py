@@ -3,13 +3,15 @@
 Every attack has the signature ``attack(apply_fn, params, x, labels, *, targeted=False,
 bounds=(0., 1.), mask=None, key=None, ...) -> x_adv`` and compiles under ``jax.jit`` (with its
 static options bound by ``functools.partial``). ``ATTACKS`` maps names to the attacks for
-binaries.
+binaries. ``whitebox_detector`` attacks a classifier together with an adversarial-example
+detector (``advsal_jax.detection``); its extra detector arguments keep it out of ``ATTACKS``.
 """
 
 from typing import Callable
 
 from advsal_jax.attacks._carlini_wagner import carlini_wagner_l2
 from advsal_jax.attacks._deepfool import deepfool
+from advsal_jax.attacks._detector_whitebox import whitebox_detector
 from advsal_jax.attacks._evaluate import AttackEvaluation
 from advsal_jax.attacks._evaluate import evaluate_attack
 from advsal_jax.attacks._fgsm import fgsm
@@ -47,4 +49,5 @@ __all__ = [
     'mim',
     'pgd',
     'shrinking_while_loop',
+    'whitebox_detector',
 ]

@@ -3,13 +3,17 @@
 JAX metrics take pairs of maps batched over a leading axis (``[B,H,W]`` or ``[B,H,W,C]``),
 work under ``jax.jit`` and return ``f32[B]`` (``ssim`` returns the local SSIM map, ``hog`` the
 feature vectors, ``top_k_mask`` a mask); each matches the scipy/skimage reference named in its
-docstring. ``mann_whitney_u`` and ``bootstrap_ci`` run on the host with scipy.
+docstring. ``mann_whitney_u`` and ``bootstrap_ci`` run on the host with scipy, as do the
+detection metrics ``auroc`` and ``tpr_at_fpr`` (scores of a detector, ties counted the
+standard way).
 """
 
 from advsal_jax.metrics._correlation import cosine
 from advsal_jax.metrics._correlation import l2_distance
 from advsal_jax.metrics._correlation import pearson
 from advsal_jax.metrics._correlation import spearman
+from advsal_jax.metrics._detection import auroc
+from advsal_jax.metrics._detection import tpr_at_fpr
 from advsal_jax.metrics._hog import hog
 from advsal_jax.metrics._hog import hog_pearson
 from advsal_jax.metrics._hog import hog_spearman
@@ -31,6 +35,7 @@ from advsal_jax.metrics._stats import mann_whitney_u
 __all__ = [
     'MannWhitneyResult',
     'MeanCI',
+    'auroc',
     'avg_diff',
     'bootstrap_ci',
     'cosine',
@@ -50,4 +55,5 @@ __all__ = [
     'spearman',
     'ssim',
     'top_k_mask',
+    'tpr_at_fpr',
 ]

@@ -95,8 +95,9 @@ class Masker(nn.Module):
     """Mask f32[B,H,W,1] in [0, 1] keeping the evidence for class ``target`` i32[B] of ``x``."""
     if not self.layers:
       raise ValueError('layers must name at least one classifier layer, got ().')
+    # The encoder is frozen by training the decoder's parameters only (masker_training);
+    # no stop_gradient here, so the mask stays differentiable in x for adaptive attacks.
     feats, logits = self.features(x)
-    feats = [jax.lax.stop_gradient(f) for f in feats]  # The encoder is frozen.
     b, height, width = x.shape[:3]
     mh, mw = -(-height // self.mask_downsample), -(-width // self.mask_downsample)
     h = nn.relu(nn.Conv(self.width, (1, 1), name='bottleneck')(feats[-1]))
