@@ -6,8 +6,8 @@
 #                                     flags picks the preset (default: default).
 # bash run.sh all [--preset=P]        every study, then results/index.md (one row per study).
 # bash run.sh test [PYTEST ARGS...]   install the dev extras (and Debian's chromium for the page
-#                                     test) and run the whole test suite (-m "not slow" skips
-#                                     the subprocess kill/resume tests).
+#                                     test) and run the whole test suite on two worker processes
+#                                     (-m "not slow" skips the subprocess kill/resume tests).
 # FLAGS go to the study's binary (experiments/<name>.py --help lists them). A killed run
 # continues where it stopped when the same command is run again.
 set -euo pipefail
@@ -71,7 +71,9 @@ case "${1:-}" in
     shift
     install dev
     browser
-    exec .venv/bin/python -m pytest tests "$@"
+    # Two worker processes, each running whole test files (module fixtures are built once):
+    # compilation is single-threaded, so two cores finish the suite far sooner.
+    exec .venv/bin/python -m pytest -n 2 --dist loadfile tests "$@"
     ;;
   study)
     [ $# -ge 2 ] || { echo "usage: bash run.sh study NNN [--preset=P] [FLAGS...]" >&2; exit 2; }

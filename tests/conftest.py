@@ -5,6 +5,7 @@ Plain helper functions live in ``testing_utils``.
 
 import os
 
+import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,12 @@ from advsal_jax import data
 import testing_utils
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+# The suite draws the same property-test examples on every run, so a CI result is
+# reproducible; `pytest --hypothesis-profile=explore` searches with fresh random examples.
+hypothesis.settings.register_profile('suite', derandomize=True)
+hypothesis.settings.register_profile('explore', derandomize=False, max_examples=200)
+hypothesis.settings.load_profile('suite')
 
 
 @pytest.fixture(scope='session')
