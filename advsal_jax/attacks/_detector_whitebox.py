@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from advsal_jax import _checks
+from advsal_jax.attacks import _iterative
 from advsal_jax.attacks import _objectives
 from advsal_jax.attacks import _projections
 from advsal_jax.types import ApplyFn, Params
@@ -112,12 +113,10 @@ def whitebox_detector(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayLike
     Metzen et al., On Detecting Adversarial Perturbations, arXiv:1702.04267.
   """
   del key
-  bounds = _checks.check_attack_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
+  bounds = _iterative.check_stepped_attack(apply_fn, params, x, labels, bounds=bounds,
+                                           mask=mask, eps=eps, step_size=step_size,
+                                           num_steps=num_steps, norm=norm)
   batch = jnp.shape(x)[0]
-  _checks.check_budget(eps, 'eps', batch=batch)
-  _checks.check_budget(step_size, 'step_size', batch=batch)
-  _checks.check_count(num_steps, 'num_steps')
-  _checks.check_norm(norm)
   _check_detector(detector_fn, detector_params, x, clean_class, mode, detector_weight)
   classifier_fn = _objectives.signed_objective(objective, targeted=targeted)
   x = jnp.asarray(x)

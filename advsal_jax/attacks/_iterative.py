@@ -19,18 +19,27 @@ from advsal_jax.types import ApplyFn, Params
 _TINY = 1e-12
 
 
-def _iterate(apply_fn, params, x, labels, *, start_key, targeted, bounds, mask, eps, step_size,
-             num_steps, norm, objective, decay, unroll):
-  """Runs ``num_steps`` projected steps from x (or a random point of the ball if ``start_key``).
-
-  Momentum when ``decay`` is not None.
-  """
+def check_stepped_attack(apply_fn, params, x, labels, *, bounds, mask, eps, step_size,
+                         num_steps, norm) -> tuple[float, float]:
+  """The argument checks of an attack of ``num_steps`` projected steps; returns the bounds."""
   bounds = _checks.check_attack_inputs(apply_fn, params, x, labels, bounds=bounds, mask=mask)
   batch = jnp.shape(x)[0]
   _checks.check_budget(eps, 'eps', batch=batch)
   _checks.check_budget(step_size, 'step_size', batch=batch)
   _checks.check_count(num_steps, 'num_steps')
   _checks.check_norm(norm)
+  return bounds
+
+
+def _iterate(apply_fn, params, x, labels, *, start_key, targeted, bounds, mask, eps, step_size,
+             num_steps, norm, objective, decay, unroll):
+  """Runs ``num_steps`` projected steps from x (or a random point of the ball if ``start_key``).
+
+  Momentum when ``decay`` is not None.
+  """
+  bounds = check_stepped_attack(apply_fn, params, x, labels, bounds=bounds, mask=mask, eps=eps,
+                                step_size=step_size, num_steps=num_steps, norm=norm)
+  batch = jnp.shape(x)[0]
   if decay is not None:
     _checks.check_budget(decay, 'decay', batch=batch)
   fn = _objectives.signed_objective(objective, targeted=targeted)
