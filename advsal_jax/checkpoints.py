@@ -68,9 +68,14 @@ def manager(directory: str | os.PathLike, *, max_to_keep: int | None = None
                                item_handlers=ocp.StandardCheckpointHandler())
 
 
+def _is_step(step: Any) -> bool:
+  """Whether ``step`` is an int >= 0 (an orbax step number)."""
+  return not isinstance(step, bool) and isinstance(step, (int, np.integer)) and step >= 0
+
+
 def _check_step(step: Any):
-  """Raises ValueError unless ``step`` is an int >= 0 (an orbax step number)."""
-  if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+  """Raises ValueError unless ``step`` is an int >= 0."""
+  if not _is_step(step):
     raise ValueError(f'step must be an int >= 0, got {step!r}.')
 
 
@@ -208,7 +213,7 @@ def _read_metadata(directory: pathlib.Path) -> dict:
 def _step(directory: pathlib.Path, metadata: dict) -> int:
   """The orbax step named by ``metadata``, checked to be a directory of the checkpoint."""
   step = metadata.get('step')
-  if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+  if not _is_step(step):
     raise CheckpointError(f'{directory / METADATA_FILE}: step must be an int >= 0, got '
                           f'{step!r}.')
   step_dir = directory / ORBAX_SUBDIR / str(step)
