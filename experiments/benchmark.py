@@ -1,8 +1,11 @@
 """Benchmarks the model, every saliency method, every attack and study 000's metrics.
 
 Writes ``config.json``, ``benchmark.json`` and ``benchmark.md`` (a table: images/s, compile
-time, XLA and process memory per workload) to ``--output_dir``. ``--compare_torch`` adds the
-PyTorch peers' images/s and the JAX/PyTorch ratio.
+time, XLA and process memory per workload) to ``--output_dir``. The single-pass workloads are
+also timed compiled with plain ``jax.jit`` (``--noplain_jit`` skips that). ``--compare_torch``
+adds the PyTorch peers' images/s and the JAX/PyTorch ratio, ``--compare_lime`` the lime
+package's on the ``lime`` workload. ``--profile=WORKLOAD`` writes a JAX profiler trace of one
+call of that workload to ``<output_dir>/profile``.
 
 Example (a quick run; the defaults are the full settings):
   python experiments/benchmark.py --batch_size=8 --repeats=1 --smoothgrad_samples=4 \
@@ -62,7 +65,24 @@ _COMPARE_TORCH = flags.DEFINE_bool(
     'compare_torch', _D.compare_torch,
     'Also time each workload\'s PyTorch peer (Captum, torchattacks) on the converted model, '
     'same images and targets, and report JAX/PyTorch (alexnet_cifar only; pip install -e '
-    '".[torch]" and pip install --no-deps torchattacks==3.5.1).')
+    '".[peers]" and pip install --no-deps torchattacks==3.5.1).')
+_COMPARE_LIME = flags.DEFINE_bool(
+    'compare_lime', _D.compare_lime,
+    'Also time the lime package\'s LimeImageExplainer on the lime workload\'s segments and '
+    'settings, its classifier_fn the same jitted model, and report ours/package (pip '
+    'install -e ".[peers]").')
+_LIME_PEER_IMAGES = flags.DEFINE_integer(
+    'lime_peer_images', _D.lime_peer_images,
+    'Images of the batch the lime package explains per timed call (one at a time).')
+_PLAIN_JIT = flags.DEFINE_bool(
+    'plain_jit', _D.plain_jit,
+    f'Also time the single-pass workloads ({",".join(config.SINGLE_PASS)}) compiled with '
+    'plain jax.jit (XLA\'s default options) beside advsal_jax.compilation.jit.')
+_PROFILE = flags.DEFINE_string(
+    'profile', _D.profile,
+    'A workload to trace: one call after its timed calls is recorded with the JAX profiler '
+    'into <output_dir>/profile (open perfetto_trace.json.gz at ui.perfetto.dev, or the '
+    'directory with TensorBoard\'s profile plugin), with its optimised HLO in hlo.txt.')
 _XLA_DEFAULTS = flags.DEFINE_bool(
     'xla_defaults', _D.xla_defaults,
     'Compile with XLA\'s default options instead of the package\'s per-backend choice '
@@ -85,7 +105,8 @@ def main(argv):
       cw_binary_search_steps=_CW_SEARCH.value, cw_max_iterations=_CW_ITERS.value,
       deepfool_max_iter=_DF_ITERS.value, metric_pairs=_PAIRS.value,
       reference_pairs=_REF_PAIRS.value, compare_torch=_COMPARE_TORCH.value,
-      xla_defaults=_XLA_DEFAULTS.value)
+      compare_lime=_COMPARE_LIME.value, lime_peer_images=_LIME_PEER_IMAGES.value,
+      plain_jit=_PLAIN_JIT.value, profile=_PROFILE.value, xla_defaults=_XLA_DEFAULTS.value)
   out = runner.run(cfg, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value)
   logging.info('Wrote %s', out / 'benchmark.md')
   print(f'Wrote {out / "benchmark.md"}')

@@ -1,10 +1,12 @@
 """advsal_jax.benchmarks and experiments/benchmark.py on toy models (no timing assertions)."""
 
 import dataclasses
+import gzip
 import inspect
 import json
 import math
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -155,8 +157,10 @@ def test_xla_defaults_compiles_without_the_package_options(tmp_path, monkeypatch
                                        xla_defaults=xla_defaults, **_TINY)
     records[xla_defaults] = runner.benchmark(subject, x, cfg,
                                                    output_dir=tmp_path / str(xla_defaults))
-  # The metrics workload (no model) always compiles with XLA's defaults.
-  assert compiled_with == [compilation.compiler_options(), None, None, None]
+  # The metrics workload (no model) always compiles with XLA's defaults; the single-pass
+  # gradient once more with them (plain jax.jit) unless the run uses them already.
+  assert compiled_with == [compilation.compiler_options(), None, None, None, None]
+  assert 'plain_jit' in records[False][0] and 'plain_jit' not in records[True][0]
   assert [r['compiler_options'] for r in records[False]] == [compilation.compiler_options(), {}]
   assert [r['compiler_options'] for r in records[True]] == [{}, {}]
   env = _strict_json(tmp_path / 'True' / 'benchmark.json')['environment']
@@ -188,7 +192,7 @@ def test_unknown_workload_raises_before_any_compilation(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('field,value', [('repeats', 0), ('batch_size', 0), ('ig_chunk', -1),
-                                         ('cw_max_iterations', 0)])
+                                         ('cw_max_iterations', 0), ('lime_peer_images', 0)])
 def test_bad_counts_name_their_flag(field, value):
   cfg = config.BenchmarkConfig(**{field: value})
   with pytest.raises(ValueError, match=f'--{field} must be'):
@@ -204,3 +208,120 @@ def test_binary_rejects_unknown_workload_naming_the_flag():
   assert proc.returncode != 0
   assert "--workloads: unknown ['nope']" in proc.stderr
   assert 'study000_metrics' in proc.stderr
+
+
+def test_single_pass_workloads_also_run_with_plain_jit_and_agree(full_run):
+  records, out = full_run
+  assert set(config.SINGLE_PASS) < set(config.WORKLOADS)
+  for r in records:
+    if r['workload'] not in config.SINGLE_PASS:
+      assert 'plain_jit' not in r, r['workload']
+      continue
+    plain = r['plain_jit']
+    assert math.isfinite(plain['items_per_s']) and plain['items_per_s'] > 0, r['workload']
+    assert len(plain['times_s']) == _TINY['repeats']
+    assert r['speedup_vs_plain_jit'] == pytest.approx(r['items_per_s'] / plain['items_per_s'])
+    assert plain['max_abs_reference'] > 0, r['workload']
+    assert plain['max_abs_diff'] <= 1e-5 * plain['max_abs_reference'], r['workload']
+  rows = [line for line in (out / 'benchmark.md').read_text().splitlines()
+          if line.startswith('| ')]
+  assert '| throughput | plain jax.jit | compilation.jit/plain |' in rows[0]
+  assert len({row.count(' | ') for row in rows}) == 1  # Every row has every column.
+
+
+@pytest.mark.parametrize('name', config.SINGLE_PASS)
+def test_plain_jit_and_compilation_jit_agree(name):
+  subject, x = _subject(_GapNet())
+  x = jnp.asarray(x)
+  pred = jnp.argmax(subject.apply_fn(subject.variables, x), axis=-1).astype(jnp.int32)
+  job = workloads.build_job(name, subject, x, pred, 3, config.BenchmarkConfig(**_TINY),
+                            jax.random.key(0))
+  plain = np.asarray(jax.jit(job.fn)(*job.args))
+  fast = np.asarray(compilation.jit(job.fn)(*job.args))
+  assert np.abs(plain).max() > 0
+  np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
+
+
+def test_profile_traces_one_call_of_the_named_workload(tmp_path):
+  subject, x = _subject(_GapNet())
+  cfg = config.BenchmarkConfig(workloads=('forward', 'gradient'), profile='gradient', **_TINY)
+  records = runner.benchmark(subject, x, cfg, output_dir=tmp_path)
+  assert 'profile_dir' not in records[0]
+  assert records[1]['profile_dir'] == str(tmp_path / 'profile')
+  (run,) = (tmp_path / 'profile' / 'plugins' / 'profile').iterdir()
+  assert [p.stat().st_size > 0 for p in run.glob('*.xplane.pb')] == [True]
+  with gzip.open(run / 'perfetto_trace.json.gz') as f:
+    trace = json.load(f)
+  names = {e.get('name') for e in (trace['traceEvents'] if isinstance(trace, dict) else trace)}
+  hlo = (tmp_path / 'profile' / 'hlo.txt').read_text()
+  assert 'transpose(jvp' in hlo  # The gradient's program, not the forward pass's.
+  instructions = set(re.findall(r'^\s*(?:ROOT )?%([\w.\-]+) = ', hlo, re.MULTILINE))
+  # The trace's op slices are named after the HLO instructions they run.
+  assert any(name.startswith('conv') for name in names & instructions), sorted(names)
+
+
+def test_binary_writes_a_profile_trace(tmp_path):
+  root = pathlib.Path(__file__).resolve().parent.parent
+  proc = subprocess.run(
+      [sys.executable, str(root / 'experiments' / 'benchmark.py'), '--random_init',
+       '--model=cnn_mnist', '--workloads=forward', '--batch_size=2', '--repeats=1',
+       '--noplain_jit', '--profile=forward', f'--output_dir={tmp_path}'],
+      capture_output=True, text=True, cwd=root, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert len(list((tmp_path / 'profile').glob('plugins/profile/*/*.xplane.pb'))) == 1
+  assert _strict_json(tmp_path / 'config.json')['profile'] == 'forward'
+
+
+def test_profile_must_name_a_workload_that_runs():
+  cfg = config.BenchmarkConfig(workloads=('forward',), profile='gradient')
+  with pytest.raises(ValueError, match=r"--profile must name one of the workloads that run "
+                                       r"\(forward\), got 'gradient'"):
+    config.validate(cfg)
+
+
+def test_lime_is_reported_against_its_forward_floor(tmp_path):
+  subject, x = _subject(_GapNet())
+  cfg = config.BenchmarkConfig(workloads=('forward', 'lime'), **_TINY)
+  forward, lime = runner.benchmark(subject, x, cfg, output_dir=tmp_path)
+  floor = _TINY['lime_samples'] / forward['items_per_s']
+  assert lime['forward_floor_s_per_image'] == pytest.approx(floor)
+  assert lime['time_over_forward_floor'] == pytest.approx(1 / lime['items_per_s'] / floor)
+  assert lime['forward_floor_goal'] == runner.FORWARD_FLOOR_GOAL
+  report = (tmp_path / 'benchmark.md').read_text()
+  assert '| time / forward floor |' in report
+  assert f'the time of num_samples={_TINY["lime_samples"]} forward passes' in report
+  assert runner.forward_floor(lime, None) == {}
+  assert runner.forward_floor(lime, {'status': 'skipped'}) == {}
+
+
+def test_benchmark_records_the_lime_package(tmp_path):
+  pytest.importorskip('lime')
+  subject, x = _subject(_GapNet())
+  cfg = config.BenchmarkConfig(workloads=('lime',), compare_lime=True, lime_peer_images=1,
+                               **_TINY)
+  (r,) = runner.benchmark(subject, x, cfg, output_dir=tmp_path)
+  assert r['status'] == 'ok', r
+  assert r['lime_package_images'] == 1
+  assert len(r['lime_package_times_s']) == _TINY['repeats']
+  assert r['lime_package_items_per_s'] > 0 and r['lime_package_warmup_s'] > 0
+  assert r['speedup_vs_lime_package'] == pytest.approx(
+      r['items_per_s'] / r['lime_package_items_per_s'])
+  assert 0 <= r['lime_package_top5_overlap'] <= 1
+  assert r['lime_package_settings'] == {'num_samples': 4, 'batch_size': 2, 'kernel_width': 0.25,
+                                        'ridge_alpha': 1.0, 'fill': 'None'}
+  report = (tmp_path / 'benchmark.md').read_text()
+  assert '| peer items/s | JAX/peer |' in report
+  assert 'The lime package (lime ' in report
+
+
+def test_compare_lime_without_the_package_fails_before_any_compilation(tmp_path, monkeypatch):
+  def no_jit(*args, **kwargs):
+    raise AssertionError('compiled before checking for lime')
+
+  monkeypatch.setitem(sys.modules, 'lime', None)  # Makes `import lime` raise ImportError.
+  monkeypatch.setattr(runner.jax, 'jit', no_jit)
+  subject, x = _subject(_GapNet())
+  cfg = config.BenchmarkConfig(workloads=('lime',), compare_lime=True, **_TINY)
+  with pytest.raises(ImportError, match=r"--compare_lime needs the lime package: pip install "
+                                        r"-e '\.\[peers\]'"):
+    runner.benchmark(subject, x, cfg, output_dir=tmp_path)

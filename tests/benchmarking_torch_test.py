@@ -123,11 +123,15 @@ def test_benchmark_records_the_pytorch_peers(random_alexnet, tmp_path):
       by_name['fgsm']['torch_agreement']['jax_fooled_rate'])
   assert by_name['integrated_gradients']['torch_settings']['method'] == 'riemann_middle'
   assert by_name['integrated_gradients']['torch_settings']['internal_batch_size'] == 2
+  plain = by_name['gradient']['plain_jit']  # Single-pass: also compiled with plain jax.jit.
+  assert plain['speedup_vs_torch'] == pytest.approx(
+      plain['items_per_s'] / by_name['gradient']['torch_items_per_s'])
   env = json.loads((tmp_path / 'benchmark.json').read_text())['environment']['torch']
   assert env['parity_max_abs_logit_diff'] <= torch_peers.PARITY_TOLERANCE
   assert env['torch'] == torch.__version__
   report = (tmp_path / 'benchmark.md').read_text()
-  assert '| PyTorch items/s | JAX/PyTorch |' in report
+  assert '| peer items/s | JAX/peer |' in report
   rows = [line for line in report.splitlines() if line.startswith('| ')]
   assert len({row.count(' | ') for row in rows}) == 1  # Every row has every column.
   assert f'- **fgsm**: torchattacks {torchattacks.__version__} FGSM' in report
+  assert '; plain jax.jit/PyTorch ' in report

@@ -11,6 +11,11 @@ SWEEP_WORKLOAD = 'study002_sweep'
 WORKLOADS = ('forward', *saliency.REGISTRY, *attacks.ATTACKS, METRICS_WORKLOAD, SWEEP_WORKLOAD)
 """Every workload name, in the order they run."""
 
+SINGLE_PASS = ('forward', 'gradient', 'gradient_x_input', 'guided_backprop', 'grad_cam', 'cam',
+               'fgsm')
+"""Workloads that run the model once forward and at most once backward: also timed with plain
+``jax.jit`` (XLA's default options) beside ``compilation.jit`` when ``plain_jit`` is set."""
+
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
@@ -44,6 +49,14 @@ class BenchmarkConfig:
     reference_pairs: how many of them the per-pair reference is timed on (then extrapolated).
     compare_torch: also time each workload's PyTorch peer (Captum, torchattacks) on the
       converted model (``torch_peers``; alexnet_cifar only, needs torch installed).
+    compare_lime: also time the ``lime`` package on the ``lime`` workload's images, segments
+      and settings (``lime_peer``; needs lime installed).
+    lime_peer_images: how many of the batch's images the ``lime`` package explains per timed
+      call (it explains one image at a time, so its images/s does not depend on this).
+    plain_jit: also time the ``SINGLE_PASS`` workloads compiled with plain ``jax.jit`` (XLA's
+      default options), when the run's options are not XLA's defaults already.
+    profile: a workload whose one extra call, after its timed calls, is recorded with the JAX
+      profiler into ``<output_dir>/profile``; None: no trace.
     xla_defaults: compile with XLA's default options instead of
       ``compilation.compiler_options()`` (to measure what those options change).
   """
@@ -67,6 +80,10 @@ class BenchmarkConfig:
   metric_pairs: int = 10_000
   reference_pairs: int = 500
   compare_torch: bool = False
+  compare_lime: bool = False
+  lime_peer_images: int = 8
+  plain_jit: bool = True
+  profile: str | None = None
   xla_defaults: bool = False
 
 
@@ -74,14 +91,18 @@ def validate(cfg: BenchmarkConfig) -> tuple[str, ...]:
   """Checks ``cfg`` before any compilation and returns the workloads to run, in run order.
 
   Raises:
-    ValueError: an unknown workload (naming the flag and listing the valid names) or a
-      non-positive count.
+    ValueError: an unknown workload (naming the flag and listing the valid names), a
+      ``profile`` workload that is not run, or a non-positive count.
   """
   unknown = [w for w in cfg.workloads if w not in WORKLOADS]
   if unknown:
     raise ValueError(f'--workloads: unknown {unknown}; valid names: {", ".join(WORKLOADS)}.')
+  names = tuple(w for w in WORKLOADS if w in cfg.workloads) if cfg.workloads else WORKLOADS
+  if cfg.profile is not None and cfg.profile not in names:
+    raise ValueError(f'--profile must name one of the workloads that run ({", ".join(names)}), '
+                     f'got {cfg.profile!r}.')
   for name in ('batch_size', 'repeats', 'smoothgrad_samples', 'ig_steps', 'lime_samples',
-               'metric_pairs', 'reference_pairs'):
+               'lime_peer_images', 'metric_pairs', 'reference_pairs'):
     if getattr(cfg, name) < 1:
       raise ValueError(f'--{name} must be >= 1, got {getattr(cfg, name)}.')
   for name in ('smoothgrad_chunk', 'ig_chunk', 'lime_chunk', 'attack_steps',
@@ -89,7 +110,7 @@ def validate(cfg: BenchmarkConfig) -> tuple[str, ...]:
     value, low = getattr(cfg, name), 0 if name.endswith('_chunk') else 1
     if value is not None and value < low:
       raise ValueError(f'--{name} must be >= {low} or unset, got {value}.')
-  return tuple(w for w in WORKLOADS if w in cfg.workloads) if cfg.workloads else WORKLOADS
+  return names
 
 
 def default_output_dir(cfg: BenchmarkConfig) -> str:

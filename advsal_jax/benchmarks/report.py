@@ -16,24 +16,93 @@ def _mib(num_bytes: int | None) -> str:
   return '-' if num_bytes is None else _fmt(num_bytes / 2**20)
 
 
-def _torch_cells(r: dict[str, Any]) -> list[str]:
-  """'PyTorch items/s' and 'JAX/PyTorch' cells ('-' without a peer)."""
-  if not r.get('torch_items_per_s'):
+def _plain_cells(r: dict[str, Any]) -> list[str]:
+  """'plain jax.jit' and 'compilation.jit/plain' cells ('-' where not timed)."""
+  if 'plain_jit' not in r:
     return ['-', '-']
-  return [_fmt(r['torch_items_per_s']), f'{_fmt(r["speedup_vs_torch"])}x']
+  return [_fmt(r['plain_jit']['items_per_s']), f'{_fmt(r["speedup_vs_plain_jit"])}x']
 
 
-def _row(r: dict[str, Any], with_torch: bool = False) -> str:
-  torch = _torch_cells(r) if with_torch else []
+def _peer_cells(r: dict[str, Any]) -> list[str]:
+  """'peer items/s' and 'JAX/peer' cells: the PyTorch peer's or the lime package's."""
+  if r.get('torch_items_per_s'):
+    return [_fmt(r['torch_items_per_s']), f'{_fmt(r["speedup_vs_torch"])}x']
+  if r.get('lime_package_items_per_s'):
+    return [_fmt(r['lime_package_items_per_s']), f'{_fmt(r["speedup_vs_lime_package"])}x']
+  return ['-', '-']
+
+
+def _floor_cells(r: dict[str, Any]) -> list[str]:
+  return [_fmt(r.get('time_over_forward_floor'))]
+
+
+# Optional column groups: (headers, whether a record calls for them, its cells).
+_OPTIONAL_COLUMNS = (
+    (('plain jax.jit', 'compilation.jit/plain'), lambda r: 'plain_jit' in r, _plain_cells),
+    (('peer items/s', 'JAX/peer'), lambda r: 'torch_tool' in r or 'lime_package_tool' in r,
+     _peer_cells),
+    (('time / forward floor',), lambda r: 'time_over_forward_floor' in r, _floor_cells),
+)
+
+
+def _columns(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+  """The optional column groups some record of the run fills."""
+  return [group for group in _OPTIONAL_COLUMNS if any(group[1](r) for r in records)]
+
+
+def _row(r: dict[str, Any], columns: list[tuple[Any, ...]]) -> str:
+  optional = [cell for headers, _, cells in columns
+              for cell in (cells(r) if r['status'] == 'ok' else ['-'] * len(headers))]
   if r['status'] != 'ok':
-    cells = [r['workload'], r['kind'], 'skipped', *torch, '-', '-', '-', '-', '-', r['reason']]
+    cells = [r['workload'], r['kind'], 'skipped', *optional, '-', '-', '-', '-', '-',
+             r['reason']]
   else:
     settings = ', '.join(f'{k}={v}' for k, v in r['settings'].items())
     notes = '; '.join(s for s in (settings, r.get('note', '')) if s)
-    cells = [r['workload'], r['kind'], f'{_fmt(r["items_per_s"])} {r["items"]}/s', *torch,
+    cells = [r['workload'], r['kind'], f'{_fmt(r["items_per_s"])} {r["items"]}/s', *optional,
              _fmt(r['median_s']), _fmt(r['compile_s']), _mib(r['xla_bytes']),
              _mib(r['xla_temp_bytes']), _mib(r['process_max_rss_bytes']), notes]
   return '| ' + ' | '.join(str(c).replace('|', '/').replace('\n', ' ') for c in cells) + ' |'
+
+
+def _plain_summary(records: list[dict[str, Any]]) -> list[str]:
+  """The legend of the plain ``jax.jit`` columns, with how far the two outputs differ."""
+  timed = [r for r in records if 'plain_jit' in r]
+  diffs = ', '.join(f'{r["workload"]} {r["plain_jit"]["max_abs_diff"]:.1e} (of max '
+                    f'{r["plain_jit"]["max_abs_reference"]:.2g})' for r in timed)
+  return [
+      '*plain jax.jit*: the single-pass workloads compiled again with XLA\'s default options '
+      '(what `jax.jit(fn)` gives) and timed the same way; *throughput* is compiled with the '
+      'package\'s options, as `advsal_jax.compilation.jit(fn)` compiles, and '
+      '*compilation.jit/plain* is its ratio to the plain column. Max |difference| between '
+      f'the two outputs: {diffs}.', '']
+
+
+def _lime_summary(r: dict[str, Any]) -> list[str]:
+  """LIME against its forward-pass floor and, when timed, against the lime package."""
+  lines = []
+  n = r['settings']['num_samples']
+  if 'time_over_forward_floor' in r:
+    verdict = ('met' if r['time_over_forward_floor'] <= r['forward_floor_goal']
+               else 'NOT met')
+    lines.append(
+        f'**lime**: {_fmt(1 / r["items_per_s"])} s per image = '
+        f'**{_fmt(r["time_over_forward_floor"])}x** the time of num_samples={n} forward '
+        f'passes at the forward workload\'s rate ({_fmt(r["forward_floor_s_per_image"])} s; '
+        f'goal <= {_fmt(r["forward_floor_goal"])}x: {verdict}). The forward workload runs '
+        f'{r["items_per_call"]} images per call; LIME runs batch_size x '
+        f'{r["items_per_call"]} perturbed images per model call.')
+  if 'lime_package_items_per_s' in r:
+    settings = ', '.join(f'{k}={v}' for k, v in r['lime_package_settings'].items())
+    lines.append(
+        f'The lime package ({r["lime_package_tool"]}; the same superpixels, {settings}; '
+        'classifier_fn: the same model jitted with the run\'s options) explained the first '
+        f'{r["lime_package_images"]} images at {_fmt(r["lime_package_items_per_s"])} '
+        f'images/s (median of {len(r["lime_package_times_s"])} calls after an untimed '
+        f'warm-up image; load average {r["loadavg_1min"]:.2f}): ours/package '
+        f'**{_fmt(r["speedup_vs_lime_package"])}x**. Top-5 superpixels shared with ours: '
+        f'{r["lime_package_top5_overlap"]:.0%} on average (each draws its own perturbations).')
+  return [' '.join(lines), ''] if lines else []
 
 
 def _metrics_summary(r: dict[str, Any]) -> list[str]:
@@ -59,10 +128,11 @@ def _torch_summary(records: list[dict[str, Any]], env: dict[str, Any]) -> list[s
       'converted model (max |logit difference| from the flax model '
       f'{info.get("parity_max_abs_logit_diff", float("nan")):.1e} on the batch), the same '
       'images and targets, in the same process: one untimed warm-up call, then the median '
-      'of the same number of timed calls. *JAX/PyTorch* is JAX items/s over PyTorch items/s '
-      '(> 1: JAX is faster).', '']
+      'of the same number of timed calls. In these rows *peer items/s* is PyTorch\'s and '
+      '*JAX/peer* JAX items/s over PyTorch items/s (> 1: JAX is faster).', '']
   cores = env.get('cpu_count') or 1
-  busy = [r['workload'] for r in records if r.get('loadavg_1min', 0) > cores]
+  busy = [r['workload'] for r in records
+          if r.get('torch_tool') and r.get('loadavg_1min', 0) > cores]
   if busy:
     lines += [f'**Load above the {cores} cores while timing {", ".join(busy)}**: PyTorch\'s '
               'OpenMP threads slow down far more than XLA\'s on an oversubscribed machine, which '
@@ -78,6 +148,8 @@ def _torch_summary(records: list[dict[str, Any]], env: dict[str, Any]) -> list[s
                  + (f'; {settings}' if settings else '')
                  + (f'; load average {r["loadavg_1min"]:.2f}' if 'loadavg_1min' in r else '')
                  + f'; {r["torch_model_calls_per_call"]} model calls per call'
+                 + (f'; plain jax.jit/PyTorch {_fmt(r["plain_jit"]["speedup_vs_torch"])}'
+                    if 'speedup_vs_torch' in r.get('plain_jit', {}) else '')
                  + (f'; agreement: {agree}' if agree else '')
                  + (f'. {note}.' if note else '.'))
   return [*lines, '']
@@ -93,9 +165,10 @@ def _options(options: dict[str, str] | None) -> str:
 
 def markdown(records: list[dict[str, Any]], config: dict[str, Any],
              env: dict[str, Any]) -> str:
-  """The report: one table row per workload, a legend, the metrics and PyTorch comparisons."""
-  with_torch = any('torch_tool' in r for r in records)
-  torch_head = ' PyTorch items/s | JAX/PyTorch |' if with_torch else ''
+  """The report: one table row per workload, a legend, then the metrics, LIME, plain
+  ``jax.jit`` and PyTorch comparisons."""
+  columns = _columns(records)
+  headers = [h for group in columns for h in group[0]]
   lines = [
       f'# Benchmark: {config["model_name"]}'
       + (' (plain: flax\'s stock layers)' if config.get('plain_model') else '')
@@ -105,11 +178,12 @@ def markdown(records: list[dict[str, Any]], config: dict[str, Any],
       f'{env["loadavg_at_end"][0]:.2f} at the last write; weights: {config["weights"]}; '
       f'inputs: {config["inputs"]}; median of {config["repeats"]} timed calls; XLA compiler '
       f'options: {_options(env.get("compiler_options"))}.', '',
-      f'| workload | kind | throughput |{torch_head} median s/call | compile s | '
-      'XLA arg+out+temp MiB | XLA temp MiB | process peak RSS MiB | settings; notes |',
-      '| --- | --- | ---: |' + ' ---: | ---: |' * with_torch
+      '| ' + ' | '.join(['workload', 'kind', 'throughput', *headers, 'median s/call',
+                          'compile s', 'XLA arg+out+temp MiB', 'XLA temp MiB',
+                          'process peak RSS MiB', 'settings; notes']) + ' |',
+      '| --- | --- | ---: |' + ' ---: |' * len(headers)
       + ' ---: | ---: | ---: | ---: | ---: | --- |',
-      *(_row(r, with_torch) for r in records), '',
+      *(_row(r, columns) for r in records), '',
       'Memory: *XLA arg+out+temp* is the compiled executable\'s `memory_analysis()` '
       '(argument + output + temporary buffers): a static bound on the device memory of one '
       'call; *XLA temp* is the temporary part, which the chunk settings bound. *Process peak '
@@ -119,6 +193,10 @@ def markdown(records: list[dict[str, Any]], config: dict[str, Any],
   for r in records:
     if r['status'] == 'ok' and 'speedup_vs_reference' in r:
       lines += _metrics_summary(r)
-  if with_torch:
+    if r['status'] == 'ok' and r['workload'] == 'lime':
+      lines += _lime_summary(r)
+  if any('plain_jit' in r for r in records):
+    lines += _plain_summary(records)
+  if any('torch_tool' in r for r in records):
     lines += _torch_summary(records, env)
   return '\n'.join(lines)

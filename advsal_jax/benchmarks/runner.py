@@ -4,7 +4,11 @@ For each workload (``workloads``) ``benchmark`` records the items per second (me
 timed calls), the seconds to ``jax.jit(f).lower(...).compile()``, XLA's memory analysis of
 the compiled executable and the process's peak resident set size. With ``compare_torch`` each
 workload that has a PyTorch peer (Captum, torchattacks) is also timed on the same model,
-images and targets (``torch_peers``). ``experiments/benchmark.py`` is the binary.
+images and targets (``torch_peers``); with ``compare_lime`` the ``lime`` package on the
+``lime`` workload (``lime_peer``). With ``plain_jit`` the ``config.SINGLE_PASS`` workloads are
+also compiled and timed with plain ``jax.jit`` (XLA's default options). The ``lime`` record
+gives its time per image over ``num_samples`` forward passes at the ``forward`` workload's
+rate (``time_over_forward_floor``). ``experiments/benchmark.py`` is the binary.
 
 Timing: each workload is compiled ahead of time, then its executable runs ``repeats`` times,
 each call blocked until ready; there is no separate untimed call, so with ``repeats >= 3`` the
@@ -32,6 +36,7 @@ from advsal_jax import data
 from advsal_jax import models
 from advsal_jax import saliency
 from advsal_jax.benchmarks import config
+from advsal_jax.benchmarks import lime_peer
 from advsal_jax.benchmarks import report
 from advsal_jax.benchmarks import torch_peers
 from advsal_jax.benchmarks import workloads
@@ -39,6 +44,9 @@ from advsal_jax.studies import store
 
 METRICS_GOAL = 20.0
 """Target speed-up of the batched metrics over the per-pair scipy/skimage reference."""
+
+FORWARD_FLOOR_GOAL = 1.15
+"""Target bound on LIME's time per image over ``num_samples`` forward passes."""
 
 
 def load_subject(cfg: config.BenchmarkConfig, *, data_dir: str | None = None
@@ -98,14 +106,30 @@ def max_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def measure(job: workloads.Job, repeats: int, *,
-            options: dict[str, str] | None = None) -> dict[str, Any]:
+def write_trace(compiled: jax.stages.Compiled, args: tuple[Any, ...],
+                trace_dir: str | os.PathLike):
+  """Records one call of ``compiled`` with the JAX profiler, and its optimised HLO beside it.
+
+  Writes ``plugins/profile/<run>/`` under ``trace_dir`` (``*.xplane.pb`` for TensorBoard's
+  profile plugin or XProf, ``*.trace.json.gz`` and ``perfetto_trace.json.gz`` for Perfetto)
+  and ``hlo.txt``, the executable's HLO, whose fusion names are the trace's op names.
+  """
+  with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+    jax.block_until_ready(compiled(*args))
+  (pathlib.Path(trace_dir) / 'hlo.txt').write_text(compiled.as_text(), encoding='utf-8')
+
+
+def measure(job: workloads.Job, repeats: int, *, options: dict[str, str] | None = None,
+            trace_dir: str | os.PathLike | None = None) -> dict[str, Any]:
   """Compiles ``job.fn`` ahead of time, then times ``repeats`` blocking calls.
 
   Args:
     job: the workload.
     repeats: timed calls.
-    options: XLA compiler options (``compilation.compiler_options()``); None: XLA's defaults.
+    options: XLA compiler options (``compilation.compiler_options()``, i.e. what
+      ``compilation.jit`` compiles with); None: XLA's defaults (plain ``jax.jit``).
+    trace_dir: if given, one more call after the timed ones is recorded there
+      (``write_trace``); the timings do not include it.
 
   Returns:
     ``items_per_s`` (at the median time), ``median_s``, ``times_s``, ``compile_s`` (lower +
@@ -120,6 +144,8 @@ def measure(job: workloads.Job, repeats: int, *,
     start = time.perf_counter()
     output = jax.block_until_ready(compiled(*job.args))
     times.append(time.perf_counter() - start)
+  if trace_dir is not None:
+    write_trace(compiled, job.args, trace_dir)
   median = statistics.median(times)
   return {'items_per_s': job.items / median, 'median_s': median, 'times_s': times,
           'compile_s': compile_s, **_compiled_memory(compiled),
@@ -135,10 +161,71 @@ def _keeping(check: Callable[[Any], dict[str, Any]] | None,
   return wrapped
 
 
+def _max_abs_diff(ours: Any, reference: Any) -> float:
+  """max |ours - reference| over every array of two outputs of the same structure."""
+  return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+             for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)))
+
+
+def plain_jit(job: workloads.Job, repeats: int, reference: Any) -> dict[str, Any]:
+  """Times ``job`` compiled with plain ``jax.jit`` (XLA's default options).
+
+  Args:
+    job: the workload (its ``check`` is not run).
+    repeats: timed calls.
+    reference: the output of the same job compiled with the run's options.
+
+  Returns:
+    ``items_per_s``, ``median_s``, ``times_s``, ``compile_s``, ``max_abs_diff`` (the largest
+    |difference| from ``reference`` over all output arrays) and ``max_abs_reference``.
+  """
+  def check(output):
+    return {'max_abs_diff': _max_abs_diff(output, reference),
+            'max_abs_reference': max(float(np.max(np.abs(np.asarray(a))))
+                                     for a in jax.tree.leaves(reference))}
+
+  result = measure(dataclasses.replace(job, check=check), repeats, options=None)
+  return {k: result[k] for k in ('items_per_s', 'median_s', 'times_s', 'compile_s',
+                                 'max_abs_diff', 'max_abs_reference')}
+
+
+def forward_floor(lime_record: dict[str, Any],
+                  forward_record: dict[str, Any] | None) -> dict[str, Any]:
+  """LIME's time per image against ``num_samples`` forward passes at the forward rate.
+
+  Args:
+    lime_record: the ``lime`` workload's record (status 'ok').
+    forward_record: the ``forward`` workload's record of the same run, or None.
+
+  Returns:
+    ``forward_floor_s_per_image`` (``num_samples`` / forward images/s),
+    ``time_over_forward_floor`` (LIME's seconds per image over that floor) and
+    ``forward_floor_goal``; ``{}`` without an 'ok' forward record.
+  """
+  if not forward_record or forward_record['status'] != 'ok':
+    return {}
+  floor = lime_record['settings']['num_samples'] / forward_record['items_per_s']
+  return {'forward_floor_s_per_image': floor,
+          'time_over_forward_floor': 1.0 / lime_record['items_per_s'] / floor,
+          'forward_floor_goal': FORWARD_FLOOR_GOAL}
+
+
+def _lime_package(job: workloads.Job, subject: workloads.Subject, x: jax.Array,
+                  pred: jax.Array, ours: jax.Array, cfg: config.BenchmarkConfig,
+                  options: dict[str, str] | None) -> dict[str, Any]:
+  """The ``lime_peer.compare`` entries of the ``lime`` workload."""
+  settings = {**saliency.REGISTRY['lime'].defaults, **job.settings}
+  return lime_peer.compare(subject.apply_fn, subject.variables, np.asarray(x), np.asarray(pred),
+                           np.asarray(job.per_example['segments']), np.asarray(ours), settings,
+                           images=cfg.lime_peer_images, repeats=cfg.repeats, seed=cfg.seed,
+                           options=options)
+
+
 def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.Array,
                  num_classes: int, cfg: config.BenchmarkConfig, key: jax.Array, *,
                  peers: torch_peers.TorchPeers | None = None,
-                 options: dict[str, str] | None = None) -> dict[str, Any]:
+                 options: dict[str, str] | None = None,
+                 trace_dir: str | os.PathLike | None = None) -> dict[str, Any]:
   """Builds, compiles and times one workload.
 
   Args:
@@ -153,6 +240,7 @@ def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.
     options: XLA compiler options for workloads that run the model (``study000_metrics``
       always compiles with XLA's defaults, which suit it; see ``compilation``); None: XLA's
       defaults.
+    trace_dir: if given, a profiler trace of one call is written there (``write_trace``).
 
   Returns:
     The workload's record: ``status`` 'ok' with the numbers of ``measure`` plus
@@ -160,6 +248,11 @@ def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.
     ``process_max_rss_growth_bytes`` (how much this workload raised it), or 'skipped' with
     ``reason``. With ``peers`` also the ``torch_*`` entries of
     ``TorchPeers.prepare`` and ``speedup_vs_torch`` (JAX items/s over PyTorch items/s).
+    With ``cfg.plain_jit``, for ``config.SINGLE_PASS`` workloads compiled with options,
+    ``plain_jit`` (``plain_jit``'s entries) and ``speedup_vs_plain_jit``. With
+    ``cfg.compare_lime``, for ``lime``, the ``lime_package_*`` entries of
+    ``lime_peer.compare`` and ``speedup_vs_lime_package``. With ``trace_dir``,
+    ``profile_dir``.
   """
   record: dict[str, Any] = {'workload': name, 'kind': workloads.kind(name)}
   rss_before = max_rss_bytes()
@@ -171,12 +264,19 @@ def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.
   if peers is not None:
     keep, compare = peers.prepare(name, job.settings)
     job = dataclasses.replace(job, check=_keeping(job.check, keep))
+  kept: dict[str, Any] = {}
+  job = dataclasses.replace(job, check=_keeping(job.check, lambda out: kept.update(output=out)))
   job_options = None if name == config.METRICS_WORKLOAD else options
   record.update(status='ok', items='pairs' if name == config.METRICS_WORKLOAD else 'images',
                 items_per_call=job.items, settings=job.settings,
                 compiler_options=job_options or {},
-                **measure(job, cfg.repeats, options=job_options),
+                **measure(job, cfg.repeats, options=job_options, trace_dir=trace_dir),
                 **job.extra)
+  if trace_dir is not None:
+    record['profile_dir'] = str(trace_dir)
+  if cfg.plain_jit and job_options and name in config.SINGLE_PASS:
+    record['plain_jit'] = plain_jit(job, cfg.repeats, kept['output'])
+    record['speedup_vs_plain_jit'] = record['items_per_s'] / record['plain_jit']['items_per_s']
   record['process_max_rss_bytes'] = max_rss_bytes()
   record['process_max_rss_growth_bytes'] = record['process_max_rss_bytes'] - rss_before
   if 'reference_pairs_per_s' in record:
@@ -186,6 +286,13 @@ def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.
     record.update(compare(cfg.repeats))
     if record.get('torch_items_per_s'):
       record['speedup_vs_torch'] = record['items_per_s'] / record['torch_items_per_s']
+      if 'plain_jit' in record:
+        record['plain_jit']['speedup_vs_torch'] = (record['plain_jit']['items_per_s']
+                                                   / record['torch_items_per_s'])
+  if cfg.compare_lime and name == 'lime':
+    record.update(_lime_package(job, subject, x, pred, kept['output'], cfg, job_options))
+    record['speedup_vs_lime_package'] = (record['items_per_s']
+                                         / record['lime_package_items_per_s'])
   return record
 
 
@@ -228,11 +335,14 @@ def benchmark(subject: workloads.Subject, x: jax.typing.ArrayLike,
     ValueError: bad settings (before any compilation), ``x`` not of batch ``batch_size``;
       with ``compare_torch``, a model other than alexnet_cifar (before any compilation) or a
       converted model whose logits disagree.
-    ImportError: ``compare_torch`` without torch, captum or (for attacks) torchattacks.
+    ImportError: ``compare_torch`` without torch, captum or (for attacks) torchattacks;
+      ``compare_lime`` without lime (before any compilation).
   """
   names = config.validate(cfg)
   if np.shape(x)[0] != cfg.batch_size:
     raise ValueError(f'x must hold batch_size={cfg.batch_size} images, got {np.shape(x)}.')
+  if cfg.compare_lime:
+    lime_peer.import_lime_image()
   peers = (torch_peers.TorchPeers(subject.name, subject.variables, names, seed=cfg.seed)
            if cfg.compare_torch else None)
   out = pathlib.Path(output_dir)
@@ -253,8 +363,12 @@ def benchmark(subject: workloads.Subject, x: jax.typing.ArrayLike,
   for i, name in enumerate(names):
     logging.info('workload %d/%d %s: building and compiling', i + 1, len(names), name)
     key = jax.random.fold_in(base_key, config.WORKLOADS.index(name))
+    trace_dir = out / 'profile' if name == cfg.profile else None
     record = run_workload(name, subject, x, pred, logits.shape[-1], cfg, key, peers=peers,
-                          options=options)
+                          options=options, trace_dir=trace_dir)
+    if name == 'lime' and record['status'] == 'ok':
+      record.update(forward_floor(record, next(
+          (r for r in records if r['workload'] == 'forward'), None)))
     records.append(record)
     _write_results(out, run_config, env, records)
     if record['status'] == 'ok':
@@ -262,6 +376,17 @@ def benchmark(subject: workloads.Subject, x: jax.typing.ArrayLike,
                    '%.0f s elapsed', i + 1, len(names), name, record['items_per_s'],
                    record['items'], record['median_s'], record['compile_s'],
                    (record['xla_bytes'] or 0) / 2**20, time.perf_counter() - start)
+      if 'plain_jit' in record:
+        logging.info('workload %d/%d %s: plain jax.jit %.4g %s/s: compilation.jit/plain %.3g',
+                     i + 1, len(names), name, record['plain_jit']['items_per_s'],
+                     record['items'], record['speedup_vs_plain_jit'])
+      if 'time_over_forward_floor' in record:
+        logging.info('workload %d/%d %s: %.3g x num_samples forward passes', i + 1,
+                     len(names), name, record['time_over_forward_floor'])
+      if 'speedup_vs_lime_package' in record:
+        logging.info('workload %d/%d %s: lime package %.4g images/s: ours/package %.3g',
+                     i + 1, len(names), name, record['lime_package_items_per_s'],
+                     record['speedup_vs_lime_package'])
       if record.get('speedup_vs_torch'):
         logging.info('workload %d/%d %s: PyTorch %.4g %s/s (%s): JAX/PyTorch %.3g', i + 1,
                      len(names), name, record['torch_items_per_s'], record['items'],

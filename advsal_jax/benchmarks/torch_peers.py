@@ -15,10 +15,10 @@ XLA under load (an oversubscribed run inflates the ratios severalfold; the READM
 measured case); the report flags workloads timed at a load above the core count.
 
 PyTorch is not a dependency of the package: torch, captum and torchattacks are imported
-inside the functions here. Install them with ``pip install -e '.[torch]'`` (torch and
-captum) and ``pip install --no-deps torchattacks==3.5.1``: torchattacks declares
-torchvision and an old ``requests`` as requirements, imports neither, and the registry's
-torchvision builds do not load beside the CPU build of torch.
+inside the functions here. Install them with ``pip install -e '.[peers]'`` (torch, captum
+and the lime package) and ``pip install --no-deps torchattacks==3.5.1``: torchattacks
+declares torchvision and an old ``requests`` as requirements, imports neither, and the
+registry's torchvision builds do not load beside the CPU build of torch.
 """
 
 import collections
@@ -72,7 +72,7 @@ def _import_torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("--compare_torch needs PyTorch: pip install -e '.[torch]'.") from e
+    raise ImportError("--compare_torch needs PyTorch: pip install -e '.[peers]'.") from e
   return torch
 
 
@@ -211,7 +211,7 @@ class TorchPeers:
     try:
       import captum.attr  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise ImportError("--compare_torch needs captum: pip install -e '.[torch]'.") from e
+      raise ImportError("--compare_torch needs captum: pip install -e '.[peers]'.") from e
     self._captum = captum.attr
     self._ta = None
     if any(w in attacks.ATTACKS and w in PEERS for w in workloads):

@@ -70,6 +70,8 @@ class Job:
     extra: workload-specific results merged into its record.
     check: optional ``check(output) -> dict`` on the last timed call's output, merged into
       the record too.
+    per_example: the per-example arrays among ``args`` by name (LIME's ``segments``), for
+      the peers.
   """
   fn: Callable[..., Any]
   args: tuple[Any, ...]
@@ -77,6 +79,7 @@ class Job:
   settings: dict[str, Any]
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
   check: Callable[[Any], dict[str, Any]] | None = None
+  per_example: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
 
 
 class NotApplicable(Exception):
@@ -142,7 +145,7 @@ def _saliency_job(name: str, subject: Subject, x: jax.Array, pred: jax.Array,
     except ValueError as e:
       raise NotApplicable(str(e)) from e
   settings = {**hp, 'layer': subject.layer} if spec.needs_layer else hp
-  return Job(fn, args, x.shape[0], settings, extra)
+  return Job(fn, args, x.shape[0], settings, extra, per_example=traced)
 
 
 def _attack_job(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num_classes: int,
