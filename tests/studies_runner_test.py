@@ -1,12 +1,15 @@
 """advsal_jax.studies.runner: batching, padding, host hooks, resume and the config guard."""
 
+import dataclasses
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import traceback
 
 import jax.numpy as jnp
 import numpy as np
@@ -76,6 +79,102 @@ def test_an_interrupted_stage_resumes_where_it_stopped(tmp_path):
   assert calls == [[4, 5], [6, 6]]  # only the missing batches
   got = store.load_shards(tmp_path, 'affine')
   np.testing.assert_allclose(got['y'], _expected(work, 2.0)['y'], rtol=1e-6)
+
+
+def test_overlapped_shards_equal_a_synchronous_loop_written_in_order(tmp_path, monkeypatch):
+  work = np.array([6, 0, 3, 5, 1, 2, 4])
+  stage = _stage(2)
+  replicated = {'w': np.float32(3)}
+  written = []
+  write_npz = store.write_npz
+  monkeypatch.setattr(store, 'write_npz', lambda path, arrays: written.append(path.name)
+                      or write_npz(path, arrays))
+  runner.run_stage(stage, output_dir=tmp_path, work=work, replicated=replicated)
+  assert written == [store.shard_path(tmp_path, 'affine', s).name for s in (0, 2, 4, 6)]
+  mesh = parallel.data_mesh()
+  for start in (0, 2, 4, 6):  # One batch at a time, nothing in the background.
+    n = min(2, len(work) - start)
+    ids = work[np.minimum(np.arange(start, start + parallel.padded_size(2, mesh)),
+                          start + n - 1)]
+    batch = {**stage.inputs(ids), 'index': ids.astype(np.int32)}
+    batch.update(stage.prepare(batch))
+    want = {k: np.asarray(v)[:n] for k, v in parallel.to_host(stage.step(
+        parallel.replicate(replicated, mesh), parallel.shard_batch(batch, mesh))).items()}
+    want.update(label=batch['label'][:n], index=work[start:start + n])
+    with np.load(store.shard_path(tmp_path, 'affine', start)) as got:
+      assert set(got.files) == {*want, 'seconds'}
+      for k, v in want.items():
+        assert got[k].dtype == v.dtype and got[k].tobytes() == v.tobytes(), (start, k)
+
+
+def test_a_failing_prepare_raises_in_the_caller_after_the_earlier_shards(tmp_path):
+  def inputs(ids):
+    return {'x': _DATA[ids]}
+
+  def prepare(batch):
+    if batch['index'][0] == 4:
+      raise ValueError('no segments for image 4')
+    return {'extra': batch['x'][:, :2]}
+
+  step = runner.compile_step(_affine, parallel.data_mesh())
+  stage = runner.Stage('affine', step, inputs, 2, prepare=prepare)
+  with pytest.raises(ValueError, match='no segments for image 4') as err:
+    runner.run_stage(stage, output_dir=tmp_path, work=range(7), replicated={'w': np.float32(1)})
+  assert 'prepare' in [frame.name for frame in traceback.extract_tb(err.value.__traceback__)]
+  assert [p.name for p in store.shard_files(tmp_path, 'affine')] == [
+      store.shard_path(tmp_path, 'affine', s).name for s in (0, 2)]
+
+
+def test_a_lost_shard_is_recomputed_on_resume(tmp_path):
+  work = list(range(7))
+  runner.run_stage(_stage(2), output_dir=tmp_path, work=work, replicated={'w': np.float32(2)})
+  whole = store.load_shards(tmp_path, 'affine')
+  store.shard_path(tmp_path, 'affine', 2).unlink()
+  calls = []
+  runner.run_stage(_stage(2, calls), output_dir=tmp_path, work=work,
+                   replicated={'w': np.float32(2)})
+  assert calls == [[2, 3]]
+  again = store.load_shards(tmp_path, 'affine')
+  for k in whole:
+    if k != 'seconds':
+      np.testing.assert_array_equal(again[k], whole[k], err_msg=k)
+
+
+def test_the_next_batch_is_prepared_while_the_step_runs(tmp_path, monkeypatch):
+  """Batch i + 1's prepare starts before batch i is fetched and ends after it is fetched.
+
+  Each side waits for the other's event, so a loop that prepares and steps in turn would
+  see none of them (the waits only bound how long such a loop would hang).
+  """
+  starts = (0, 2, 4, 6)
+  started = [threading.Event() for _ in starts]
+  fetched = [threading.Event() for _ in starts]
+  prepared_before_fetch, fetched_while_preparing = [], []
+
+  def prepare(batch):
+    i = int(batch['index'][0]) // 2
+    started[i].set()
+    if i:
+      fetched_while_preparing.append(fetched[i - 1].wait(timeout=60))
+    return {'extra': batch['x'][:, :2] + 1}
+
+  to_host = parallel.to_host
+
+  def fetch(tree):
+    i = sum(e.is_set() for e in fetched)
+    if i + 1 < len(starts):
+      prepared_before_fetch.append(started[i + 1].wait(timeout=60))
+    out = to_host(tree)
+    fetched[i].set()
+    return out
+
+  monkeypatch.setattr(parallel, 'to_host', fetch)
+  stage = dataclasses.replace(_stage(2), prepare=prepare)
+  runner.run_stage(stage, output_dir=tmp_path, work=range(7), replicated={'w': np.float32(3)})
+  assert prepared_before_fetch == [True] * 3
+  assert fetched_while_preparing == [True] * 3
+  got = store.load_shards(tmp_path, 'affine')
+  np.testing.assert_allclose(got['y'], _expected(range(7), 3.0)['y'], rtol=1e-6)
 
 
 def test_the_config_guard_names_every_changed_setting(tmp_path):

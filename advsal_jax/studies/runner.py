@@ -1,20 +1,23 @@
 """The resumable, data-parallel batch loop every study runs its stages with.
 
 A study is a sequence of *stages*. A stage maps a work list (example ids, e.g. test-split
-indices) to per-example results, batch by batch: for each batch the runner gathers the
-examples' host arrays (``Stage.inputs``), runs an optional host hook (``Stage.prepare``,
-e.g. segmentation), pads the batch to a multiple of the device count by repeating its last
-example, splits it over the devices of a mesh, calls the compiled ``Stage.step``, drops the
+indices) to per-example results, batch by batch: for each batch the runner pads the ids to
+a multiple of the device count by repeating the last one, gathers the examples' host arrays
+(``Stage.inputs``), runs an optional host hook (``Stage.prepare``, e.g. segmentation),
+splits the batch over the devices of a mesh, calls the compiled ``Stage.step``, drops the
 padding and writes the batch's results atomically as one shard
-(``store.shard_path(output_dir, stage.name, start)``). A killed run, started again with
-``resume``, skips the shards already on disk; ``open_output_dir`` refuses to mix results of
-different settings. In a multi-process run every process computes its devices' share and
-only process 0 writes. Progress (done, rate, ETA) goes to the log or a terminal bar.
+(``store.shard_path(output_dir, stage.name, start)``), in work-list order. The host work
+runs one batch ahead in a background thread, overlapped with the previous batch's step, so
+a stage takes about max(host, device) time instead of their sum. A killed run, started
+again with ``resume``, skips the shards already on disk; ``open_output_dir`` refuses to mix
+results of different settings. In a multi-process run every process computes its devices'
+share and only process 0 writes. Progress (done, rate, ETA) goes to the log or a terminal bar.
 
 This is the loop of jaxline/flax-examples training scripts, specialised to evaluation over a
 fixed work list.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import pathlib
@@ -45,11 +48,11 @@ class Stage:
       ``index`` (int32 work ids).
     inputs: ``inputs(ids) -> {name: array[len(ids), ...]}`` gathers the host arrays of the
       examples with work ids ``ids`` (int64[n]).
+    batch_size: examples per batch (global, over all devices).
     prepare: optional host hook ``prepare(batch) -> {name: array[n, ...]}`` run on each
       padded batch before ``step`` (work that cannot be compiled, e.g. skimage); its
-      arrays join the batch.
-    batch_size: examples per batch (global, over all devices).
-    prepare: see above.
+      arrays join the batch. ``inputs`` and ``prepare`` run in a background thread while
+      the previous batch's ``step`` runs: they must not call multi-process collectives.
     record: names of host batch arrays (from ``inputs`` or ``prepare``) written to each
       shard beside the step's outputs, e.g. the labels.
     unit: what an example is called in progress lines.
@@ -171,12 +174,51 @@ def batch_starts(num_work: int, batch_size: int) -> list[int]:
   return list(range(0, num_work, batch_size))
 
 
+def batch_ids(work: np.ndarray, start: int, batch_size: int, padded: int) -> np.ndarray:
+  """The work ids of the batch at ``start``, padded to ``padded`` by repeating its last id.
+
+  Padding by repetition keeps one compilation, whole shards and valid inputs in the padded
+  rows.
+
+  Args:
+    work: int64[W] work ids.
+    start: the batch's position in ``work`` (from ``batch_starts``).
+    batch_size: ids per batch before padding.
+    padded: ids per batch after padding, >= ``batch_size``.
+
+  Returns:
+    int64[padded].
+  """
+  last = min(start + batch_size, len(work)) - 1
+  return work[np.minimum(np.arange(start, start + padded), last)]
+
+
+def host_batch(stage: Stage, ids: np.ndarray) -> HostBatch:
+  """The host arrays of one batch: ``stage.inputs(ids)``, ``index`` and ``stage.prepare``'s.
+
+  Args:
+    stage: the stage.
+    ids: int64[B] work ids (``batch_ids``).
+
+  Returns:
+    ``{name: array[B, ...]}`` with ``index`` i32[B], what ``stage.step`` receives.
+  """
+  batch = dict(stage.inputs(ids))
+  batch['index'] = ids.astype(np.int32)
+  if stage.prepare is not None:
+    batch.update(stage.prepare(batch))
+  return batch
+
+
 def run_stage(stage: Stage, *, output_dir: store.PathLike, work: Sequence[int] | np.ndarray,
               replicated: Any, mesh: jax.sharding.Mesh | None = None) -> pathlib.Path:
   """Runs ``stage`` over every batch of ``work`` that has no shard yet.
 
   Each shard holds the step's outputs for the batch's real examples, the ``stage.record``
-  host arrays, ``index`` (their work ids) and ``seconds`` (the batch's wall time).
+  host arrays, ``index`` (their work ids) and ``seconds`` (the wall time since the previous
+  shard of this call, so a call's shards sum to its time). While a batch's step runs, the
+  next batch's ``host_batch`` is computed in a background thread; an exception there is
+  raised here, with its traceback, once the shards before that batch are written.
 
   Args:
     stage: the stage.
@@ -206,22 +248,29 @@ def run_stage(stage: Stage, *, output_dir: store.PathLike, work: Sequence[int] |
   padded = parallel.padded_size(stage.batch_size, mesh)
   bar = progress.Progress(f'stage {stage.name}', len(work), unit=stage.unit,
                           already_done=done_before)
-  for start in todo:
+  # One batch ahead: batch i + 1's host work runs in the background while batch i's step
+  # runs (to_host waits for it), so a stage takes about max(host, device), not their sum.
+  with concurrent.futures.ThreadPoolExecutor(1, f'stage_{stage.name}_host') as host:
+
+    def submit(i):
+      return host.submit(host_batch, stage, batch_ids(work, todo[i], stage.batch_size, padded))
+
+    ahead = submit(0) if todo else None
     t = time.time()
-    n = min(start + stage.batch_size, len(work)) - start
-    # Pad by repetition: one compilation, whole shards, valid inputs in the padded rows.
-    ids = work[np.minimum(np.arange(start, start + padded), start + n - 1)]
-    batch = dict(stage.inputs(ids))
-    batch['index'] = ids.astype(np.int32)
-    if stage.prepare is not None:
-      batch.update(stage.prepare(batch))
-    result = parallel.to_host(stage.step(replicated, parallel.shard_batch(batch, mesh)))
-    arrays = {k: np.asarray(v)[:n] for k, v in result.items()}
-    arrays.update({k: np.asarray(batch[k])[:n] for k in stage.record})
-    arrays.update(index=ids[:n], seconds=np.float64(time.time() - t))
-    if writer:
-      store.write_npz(store.shard_path(output_dir, stage.name, start), arrays)
-    bar.update(n)
+    for i, start in enumerate(todo):
+      batch = ahead.result()  # Raises the host work's exception, traceback included.
+      if i + 1 < len(todo):
+        ahead = submit(i + 1)
+      result = parallel.to_host(stage.step(replicated, parallel.shard_batch(batch, mesh)))
+      n = min(start + stage.batch_size, len(work)) - start
+      arrays = {k: np.asarray(v)[:n] for k, v in result.items()}
+      arrays.update({k: np.asarray(batch[k])[:n] for k in stage.record})
+      now = time.time()
+      arrays.update(index=work[start:start + n], seconds=np.float64(now - t))
+      t = now
+      if writer:
+        store.write_npz(store.shard_path(output_dir, stage.name, start), arrays)
+      bar.update(n)
   # A later stage may read these shards: no process goes on before process 0 wrote them all.
   parallel.barrier(f'stage {stage.name} written')
   return store.shard_dir(output_dir, stage.name)
