@@ -3,7 +3,8 @@
 Two stages over the first ``num_examples`` test images (``runner``):
 
 * ``attack``: each image is segmented with Felzenszwalb-Huttenlocher on the host (the stage's
-  ``prepare`` hook, images spread over a thread pool); its ``num_regions`` largest segments
+  ``prepare`` hook, ``segment_batch``: images spread over a thread pool, one batch ahead of
+  the compiled attacks, ``runner.run_stage``); its ``num_regions`` largest segments
   (labels 0..R-1, largest first) are each attacked by a targeted BIM towards
   ``target_class`` that may change only that segment. All segments of all images of a batch
   form one batch of a single compiled call; every attack stops at success, when its loss has
@@ -28,7 +29,7 @@ import concurrent.futures
 import dataclasses
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -428,6 +429,60 @@ def successes(attack: Mapping[str, np.ndarray]) -> np.ndarray:
   return np.argwhere(attack['status'] == SUCCESS)
 
 
+def segment_batch(x: np.ndarray, *, cfg: Config) -> dict[str, np.ndarray]:
+  """The attack stage's host work on one batch: Felzenszwalb segments, largest first.
+
+  Args:
+    x: f32[B,H,W,C] in [0, 1].
+    cfg: the run's settings (``felzenszwalb_*``).
+
+  Returns:
+    ``segments`` i32[B,H,W] (``by_size``) and ``num_segments`` i32[B].
+  """
+  seg = by_size(segment_parallel(x, segmentation='felzenszwalb', scale=cfg.felzenszwalb_scale,
+                                 sigma=cfg.felzenszwalb_sigma,
+                                 min_size=cfg.felzenszwalb_min_size))
+  return {'segments': seg, 'num_segments': seg.max(axis=(1, 2)) + 1}
+
+
+def attack_step(apply_fn: ApplyFn, *, cfg: Config) -> runner.StepFn:
+  """The attack stage's per-example step, ``step(params, batch) -> attack_batch(...)``.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
+    cfg: the run's settings.
+
+  Returns:
+    ``step(params, batch)`` on ``batch['x']`` f32[B,H,W,C] and ``batch['segments']``
+    i32[B,H,W] (``segment_batch``), for ``runner.compile_step``.
+  """
+  def step(params, batch):
+    return attack_batch(apply_fn, params, batch['x'], batch['segments'], cfg=cfg)
+
+  return step
+
+
+def attack_stage(apply_fn: ApplyFn, inputs: Callable[[np.ndarray], runner.HostBatch], *,
+                 cfg: Config, mesh: jax.sharding.Mesh) -> runner.Stage:
+  """The ``attack`` stage: ``segment_batch`` on the host, then ``attack_step`` compiled.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``; the stage's ``replicated`` is its
+      params.
+    inputs: ``inputs(ids) -> {'x': f32[n,H,W,C] in [0, 1], 'label': int[n]}``.
+    cfg: the run's settings.
+    mesh: from ``parallel.data_mesh``.
+
+  Returns:
+    The stage; its shards hold ``attack_batch``'s outputs, ``x``, ``label``, ``segments``
+    and ``num_segments``.
+  """
+  return runner.Stage(ATTACK_STAGE, runner.compile_step(attack_step(apply_fn, cfg=cfg), mesh),
+                      inputs, cfg.batch_size,
+                      prepare=lambda batch: segment_batch(batch['x'], cfg=cfg),
+                      record=('x', 'label', 'segments', 'num_segments'))
+
+
 def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
         resume: bool = False, mesh: jax.sharding.Mesh | None = None) -> pathlib.Path:
   """Runs both stages over the first ``cfg.num_examples`` test images (``runner``).
@@ -461,20 +516,9 @@ def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
             'cam_layer': models.cam_layer(meta)}
   out = runner.open_output_dir(output_dir, config, resume=resume)
   mesh = parallel.data_mesh() if mesh is None else mesh
-  felz = {'scale': cfg.felzenszwalb_scale, 'sigma': cfg.felzenszwalb_sigma,
-          'min_size': cfg.felzenszwalb_min_size}
-
-  def attack_fn(params, batch):
-    return attack_batch(model.apply, params, batch['x'], batch['segments'], cfg=cfg)
-
-  def segment(batch):
-    seg = by_size(segment_parallel(batch['x'], segmentation='felzenszwalb', **felz))
-    return {'segments': seg, 'num_segments': seg.max(axis=(1, 2)) + 1}
-
-  stage = runner.Stage(
-      ATTACK_STAGE, runner.compile_step(attack_fn, mesh),
-      lambda ids: {'x': data.to_float(test.images[ids]), 'label': test.labels[ids]},
-      cfg.batch_size, prepare=segment, record=('x', 'label', 'segments', 'num_segments'))
+  stage = attack_stage(
+      model.apply, lambda ids: {'x': data.to_float(test.images[ids]), 'label': test.labels[ids]},
+      cfg=cfg, mesh=mesh)
   runner.run_stage(stage, output_dir=out, work=np.arange(cfg.num_examples),
                    replicated=variables, mesh=mesh)
 
