@@ -1,11 +1,13 @@
-"""Benchmarks the model, every saliency method, every attack and study 000's metrics.
+"""Benchmarks the model, every saliency method, every attack and whole study pipelines.
 
 Writes ``config.json``, ``benchmark.json`` and ``benchmark.md`` (a table: images/s, compile
 time, XLA and process memory per workload) to ``--output_dir``. The single-pass workloads are
 also timed compiled with plain ``jax.jit`` (``--noplain_jit`` skips that). ``--compare_torch``
 adds the PyTorch peers' images/s and the JAX/PyTorch ratio, ``--compare_lime`` the lime
 package's on the ``lime`` workload. ``--profile=WORKLOAD`` writes a JAX profiler trace of one
-call of that workload to ``<output_dir>/profile``.
+call of that workload to ``<output_dir>/profile``. ``study004_localize`` also reports study
+004's attack stage over ``--localize_batches`` batches: its wall time with the Felzenszwalb
+segmentation overlapped, its compiled work alone, its host work alone and wall/compiled.
 
 Example (a quick run; the defaults are the full settings):
   python experiments/benchmark.py --batch_size=8 --repeats=1 --smoothgrad_samples=4 \
@@ -48,8 +50,9 @@ _IG_CHUNK = flags.DEFINE_integer('ig_chunk', _D.ig_chunk,
 _LIME_N = flags.DEFINE_integer('lime_samples', _D.lime_samples, 'LIME perturbed copies.')
 _LIME_CHUNK = flags.DEFINE_integer('lime_chunk', _D.lime_chunk,
                                    f'LIME perturbed copies per image at once (0: all; {_LIB}).')
-_ATTACK_STEPS = flags.DEFINE_integer('attack_steps', _D.attack_steps,
-                                     f'num_steps of BIM, PGD and MIM ({_LIB}).')
+_ATTACK_STEPS = flags.DEFINE_integer(
+    'attack_steps', _D.attack_steps,
+    f'num_steps of BIM, PGD and MIM, and study 004\'s max_steps ({_LIB}).')
 _CW_SEARCH = flags.DEFINE_integer('cw_binary_search_steps', _D.cw_binary_search_steps,
                                   f'Carlini-Wagner constants tried ({_LIB}).')
 _CW_ITERS = flags.DEFINE_integer('cw_max_iterations', _D.cw_max_iterations,
@@ -61,6 +64,14 @@ _PAIRS = flags.DEFINE_integer('metric_pairs', _D.metric_pairs,
 _REF_PAIRS = flags.DEFINE_integer('reference_pairs', _D.reference_pairs,
                                   'Pairs the per-pair scipy/skimage reference is timed on '
                                   '(then extrapolated).')
+_LOCALIZE_BATCH = flags.DEFINE_integer(
+    'localize_batch_size', _D.localize_batch_size,
+    'Images per batch of study 004\'s attack stage in study004_localize (the study\'s '
+    'default).')
+_LOCALIZE_BATCHES = flags.DEFINE_integer(
+    'localize_batches', _D.localize_batches,
+    'Batches of study 004\'s attack stage study004_localize runs (over the first images of '
+    '--batch_size).')
 _COMPARE_TORCH = flags.DEFINE_bool(
     'compare_torch', _D.compare_torch,
     'Also time each workload\'s PyTorch peer (Captum, torchattacks) on the converted model, '
@@ -104,7 +115,8 @@ def main(argv):
       lime_chunk=_LIME_CHUNK.value, attack_steps=_ATTACK_STEPS.value,
       cw_binary_search_steps=_CW_SEARCH.value, cw_max_iterations=_CW_ITERS.value,
       deepfool_max_iter=_DF_ITERS.value, metric_pairs=_PAIRS.value,
-      reference_pairs=_REF_PAIRS.value, compare_torch=_COMPARE_TORCH.value,
+      reference_pairs=_REF_PAIRS.value, localize_batch_size=_LOCALIZE_BATCH.value,
+      localize_batches=_LOCALIZE_BATCHES.value, compare_torch=_COMPARE_TORCH.value,
       compare_lime=_COMPARE_LIME.value, lime_peer_images=_LIME_PEER_IMAGES.value,
       plain_jit=_PLAIN_JIT.value, profile=_PROFILE.value, xla_defaults=_XLA_DEFAULTS.value)
   out = runner.run(cfg, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value)

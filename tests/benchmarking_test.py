@@ -7,8 +7,10 @@ import json
 import math
 import pathlib
 import re
+import statistics
 import subprocess
 import sys
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -17,17 +19,22 @@ import numpy as np
 import pytest
 
 from advsal_jax import compilation
+from advsal_jax import parallel
 from advsal_jax import saliency
 from advsal_jax.benchmarks import config
+from advsal_jax.benchmarks import overlap
 from advsal_jax.benchmarks import runner
 from advsal_jax.benchmarks import workloads
 from advsal_jax.studies import compare_saliency
+from advsal_jax.studies import localize_attacks
+from advsal_jax.studies import runner as study_runner
 
 _SHAPE = (8, 8, 3)
 # Every workload at its smallest: seconds on 2 CPU cores, not a measurement.
 _TINY = dict(batch_size=2, repeats=1, smoothgrad_samples=2, ig_steps=2, ig_chunk=0,
              lime_samples=4, lime_chunk=2, attack_steps=2, cw_binary_search_steps=1,
-             cw_max_iterations=3, deepfool_max_iter=2, metric_pairs=6, reference_pairs=3)
+             cw_max_iterations=3, deepfool_max_iter=2, metric_pairs=6, reference_pairs=3,
+             localize_batch_size=1)
 
 
 class _GapNet(nn.Module):
@@ -84,7 +91,9 @@ def test_a_record_with_finite_positive_numbers_for_every_workload(full_run):
       assert math.isfinite(r[field]) and r[field] > 0, (r['workload'], field, r[field])
     assert r['process_max_rss_growth_bytes'] >= 0
     assert len(r['times_s']) == _TINY['repeats']
-    assert r['items_per_call'] == (_TINY['metric_pairs'] if r['kind'] == 'metrics' else 2)
+    per_call = {config.METRICS_WORKLOAD: _TINY['metric_pairs'],
+                config.LOCALIZE_WORKLOAD: _TINY['localize_batch_size']}
+    assert r['items_per_call'] == per_call.get(r['workload'], 2)
 
 
 def test_settings_record_the_values_used(full_run):
@@ -109,6 +118,65 @@ def test_metrics_record_compares_with_the_reference(full_run):
   assert r['speedup_vs_reference'] == pytest.approx(r['items_per_s'] / r['reference_pairs_per_s'])
   for name, diff in r['max_abs_diff_vs_reference'].items():
     assert diff < 1e-4, name
+
+
+def test_localize_record_times_the_stage_against_its_compiled_and_host_work(full_run):
+  records, out = full_run
+  (r,) = [r for r in records if r['workload'] == config.LOCALIZE_WORKLOAD]
+  assert r['kind'] == 'pipeline'
+  assert (r['stage_images'], r['stage_batches'], r['stage_batch_size']) == (2, 2, 1)
+  assert r['settings']['batch_size'] == 1 and r['settings']['max_steps'] == 2  # attack_steps
+  for name in ('host', 'compiled', 'wall'):
+    assert len(r[f'{name}_times_s']) == _TINY['repeats']
+    assert r[f'{name}_s'] == statistics.median(r[f'{name}_times_s']) > 0
+  assert r['serial_s'] == pytest.approx(r['host_s'] + r['compiled_s'])
+  assert r['wall_over_compiled'] == pytest.approx(r['wall_s'] / r['compiled_s'])
+  assert r['stage_images_per_s'] == pytest.approx(2 / r['wall_s'])
+  assert r['overlap_goal'] == runner.OVERLAP_GOAL
+  report = (out / 'benchmark.md').read_text()
+  assert '| stage wall / compiled |' in report
+  assert f'**{config.LOCALIZE_WORKLOAD}**: the whole stage over 2 images in 2 batches' in report
+
+
+def test_the_timed_stage_is_study_004s_attack_stage(monkeypatch):
+  built = []
+  attack_stage = localize_attacks.attack_stage
+  monkeypatch.setattr(localize_attacks, 'attack_stage',
+                      lambda *a, **kw: built.append(attack_stage(*a, **kw)) or built[-1])
+  timed = []
+  monkeypatch.setattr(overlap, 'time_stage', lambda stage, *a, **kw: timed.append(stage) or {})
+  subject, x = _subject(_GapNet())
+  job = workloads.build_job(config.LOCALIZE_WORKLOAD, subject, jnp.asarray(x),
+                            jnp.zeros(2, jnp.int32), 3, config.BenchmarkConfig(**_TINY),
+                            jax.random.key(0))
+  job.stage(1, None)
+  (study,), (stage,) = built, timed
+  assert (stage.name, stage.inputs, stage.prepare, stage.batch_size, stage.record) == (
+      study.name, study.inputs, study.prepare, 1, study.record)
+  assert job.fn is stage.step
+  np.testing.assert_array_equal(job.args[1]['x'], x[:1])
+  np.testing.assert_array_equal(job.args[1]['segments'], localize_attacks.segment_batch(
+      x[:1], cfg=localize_attacks.Config())['segments'])
+  ours, theirs = jax.jit(job.fn)(*job.args), study.step(*job.args)
+  assert ours.keys() == theirs.keys()
+  for k in ours:
+    np.testing.assert_array_equal(ours[k], theirs[k], err_msg=k)
+
+
+def test_time_stage_times_a_toy_stage_and_leaves_no_files(tmp_path, monkeypatch):
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+  data = np.arange(12, dtype=np.float32).reshape(6, 2)
+  mesh = parallel.data_mesh()
+  step = parallel.data_parallel(lambda w, b: {'y': b['x'] * w + b['shift']}, mesh,
+                                batched=(False, True))
+  stage = study_runner.Stage('toy', step, lambda ids: {'x': data[ids]}, 4,
+                             prepare=lambda b: {'shift': b['x'][:, :1]})
+  r = overlap.time_stage(stage, np.arange(6), np.float32(2), repeats=2, options=None,
+                         mesh=mesh)
+  assert (r['stage_images'], r['stage_batches'], r['stage_batch_size']) == (6, 2, 4)
+  assert [len(r[f'{k}_times_s']) for k in ('host', 'compiled', 'wall')] == [2, 2, 2]
+  assert min(r['host_s'], r['compiled_s'], r['wall_s']) > 0
+  assert not list(tmp_path.iterdir())
 
 
 def test_outputs_parse_and_markdown_has_a_row_per_workload(full_run):
@@ -192,7 +260,8 @@ def test_unknown_workload_raises_before_any_compilation(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('field,value', [('repeats', 0), ('batch_size', 0), ('ig_chunk', -1),
-                                         ('cw_max_iterations', 0), ('lime_peer_images', 0)])
+                                         ('cw_max_iterations', 0), ('lime_peer_images', 0),
+                                         ('localize_batches', 0)])
 def test_bad_counts_name_their_flag(field, value):
   cfg = config.BenchmarkConfig(**{field: value})
   with pytest.raises(ValueError, match=f'--{field} must be'):

@@ -8,7 +8,9 @@ from advsal_jax import saliency
 
 METRICS_WORKLOAD = 'study000_metrics'
 SWEEP_WORKLOAD = 'study002_sweep'
-WORKLOADS = ('forward', *saliency.REGISTRY, *attacks.ATTACKS, METRICS_WORKLOAD, SWEEP_WORKLOAD)
+LOCALIZE_WORKLOAD = 'study004_localize'
+WORKLOADS = ('forward', *saliency.REGISTRY, *attacks.ATTACKS, METRICS_WORKLOAD, SWEEP_WORKLOAD,
+             LOCALIZE_WORKLOAD)
 """Every workload name, in the order they run."""
 
 SINGLE_PASS = ('forward', 'gradient', 'gradient_x_input', 'guided_backprop', 'grad_cam', 'cam',
@@ -41,12 +43,16 @@ class BenchmarkConfig:
     ig_chunk: path points per image evaluated at once.
     lime_samples: LIME's perturbed copies per image.
     lime_chunk: perturbed copies per image evaluated at once.
-    attack_steps: ``num_steps`` of BIM, PGD and MIM.
+    attack_steps: ``num_steps`` of BIM, PGD and MIM, and study 004's ``max_steps``.
     cw_binary_search_steps: Carlini-Wagner's number of constants tried.
     cw_max_iterations: Carlini-Wagner's Adam steps per constant.
     deepfool_max_iter: DeepFool's maximum number of steps.
     metric_pairs: pairs of random maps for ``study000_metrics``.
     reference_pairs: how many of them the per-pair reference is timed on (then extrapolated).
+    localize_batch_size: images per batch of study 004's attack stage in
+      ``study004_localize``.
+    localize_batches: batches of that stage ``study004_localize`` runs, over the first
+      ``localize_batches * localize_batch_size`` images (fewer when ``batch_size`` is smaller).
     compare_torch: also time each workload's PyTorch peer (Captum, torchattacks) on the
       converted model (``torch_peers``; alexnet_cifar only, needs torch installed).
     compare_lime: also time the ``lime`` package on the ``lime`` workload's images, segments
@@ -79,6 +85,8 @@ class BenchmarkConfig:
   deepfool_max_iter: int | None = None
   metric_pairs: int = 10_000
   reference_pairs: int = 500
+  localize_batch_size: int = 8
+  localize_batches: int = 4
   compare_torch: bool = False
   compare_lime: bool = False
   lime_peer_images: int = 8
@@ -102,7 +110,8 @@ def validate(cfg: BenchmarkConfig) -> tuple[str, ...]:
     raise ValueError(f'--profile must name one of the workloads that run ({", ".join(names)}), '
                      f'got {cfg.profile!r}.')
   for name in ('batch_size', 'repeats', 'smoothgrad_samples', 'ig_steps', 'lime_samples',
-               'lime_peer_images', 'metric_pairs', 'reference_pairs'):
+               'lime_peer_images', 'metric_pairs', 'reference_pairs', 'localize_batch_size',
+               'localize_batches'):
     if getattr(cfg, name) < 1:
       raise ValueError(f'--{name} must be >= 1, got {getattr(cfg, name)}.')
   for name in ('smoothgrad_chunk', 'ig_chunk', 'lime_chunk', 'attack_steps',

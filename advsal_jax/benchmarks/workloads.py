@@ -5,7 +5,10 @@ One *workload* is one jitted call on a batch: ``forward``, each saliency method 
 ``attacks.ATTACKS``, ``study000_metrics`` (the maps-similarity metrics of study 000 on
 pairs of random maps, also timed against the per-pair scipy/skimage reference) and
 ``study002_sweep`` (study 002's whole per-batch pipeline on the one model: FGSM at its six
-budgets, top-5 as is and cropped, Grad-CAM, GBVS, DeepFool and every measurement).
+budgets, top-5 as is and cropped, Grad-CAM, GBVS, DeepFool and every measurement) and
+``study004_localize`` (study 004's attack stage: Felzenszwalb segmentation on the host, the
+region attacks compiled; its call is one batch, and the whole stage over a few batches is
+also timed against its compiled and host work alone, ``overlap.time_stage``).
 """
 
 import dataclasses
@@ -22,10 +25,14 @@ import skimage.feature
 import skimage.metrics
 
 from advsal_jax import attacks
+from advsal_jax import parallel
 from advsal_jax import saliency
 from advsal_jax.benchmarks import config
+from advsal_jax.benchmarks import overlap
 from advsal_jax.studies import advis_sweep
 from advsal_jax.studies import compare_saliency
+from advsal_jax.studies import localize_attacks
+from advsal_jax.studies import runner
 from advsal_jax.types import ApplyFn, Params
 
 MAP_SHAPE = (32, 32)
@@ -72,6 +79,8 @@ class Job:
       the record too.
     per_example: the per-example arrays among ``args`` by name (LIME's ``segments``), for
       the peers.
+    stage: optional ``stage(repeats, options) -> dict`` timing a whole study stage with its
+      host work (``overlap.time_stage``), merged into the record.
   """
   fn: Callable[..., Any]
   args: tuple[Any, ...]
@@ -80,6 +89,7 @@ class Job:
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
   check: Callable[[Any], dict[str, Any]] | None = None
   per_example: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+  stage: Callable[[int, dict[str, str] | None], dict[str, Any]] | None = None
 
 
 class NotApplicable(Exception):
@@ -268,13 +278,51 @@ def _sweep_job(subject: Subject, x: jax.Array, pred: jax.Array,
   return Job(fn, (subject.variables, x, pred), x.shape[0], settings)
 
 
+def _localize_job(subject: Subject, x: jax.Array, pred: jax.Array,
+                  cfg: config.BenchmarkConfig) -> Job:
+  """Study 004's attack stage over ``cfg.localize_batches`` batches of the images.
+
+  The job is the stage's step on its first prepared batch; ``Job.stage`` times the whole
+  stage (labels: the predictions, which the stage only records).
+  """
+  study_cfg = localize_attacks.Config(
+      batch_size=cfg.localize_batch_size,
+      **({} if cfg.attack_steps is None else {'max_steps': cfg.attack_steps}))
+  images, labels = np.asarray(x), np.asarray(pred)
+  mesh = parallel.data_mesh()
+  # The study's stage with its step left un-jitted (what runner.compile_step jits), so the
+  # benchmark compiles it with the run's options.
+  stage = dataclasses.replace(
+      localize_attacks.attack_stage(subject.apply_fn,
+                                    lambda ids: {'x': images[ids], 'label': labels[ids]},
+                                    cfg=study_cfg, mesh=mesh),
+      step=parallel.data_parallel(localize_attacks.attack_step(subject.apply_fn, cfg=study_cfg),
+                                  mesh, batched=(False, True)))
+  work = np.arange(min(len(images), cfg.localize_batches * cfg.localize_batch_size))
+  first = runner.host_batch(stage, runner.batch_ids(
+      work, 0, stage.batch_size, parallel.padded_size(stage.batch_size, mesh)))
+  args = (parallel.replicate(subject.variables, mesh), parallel.shard_batch(first, mesh))
+  settings = {k: getattr(study_cfg, k) for k in (
+      'batch_size', 'num_regions', 'max_steps', 'patience', 'target_class', 'eps', 'step_size',
+      'felzenszwalb_scale', 'felzenszwalb_sigma', 'felzenszwalb_min_size')}
+
+  def time_whole_stage(repeats, options):
+    return overlap.time_stage(stage, work, subject.variables, repeats=repeats, options=options,
+                              mesh=mesh)
+
+  return Job(stage.step, args, stage.batch_size, settings,
+             {'note': 'throughput: the step on the first batch (attacks stop at success or '
+                      'stall: time depends on the inputs); the whole stage: below the table'},
+             stage=time_whole_stage)
+
+
 def kind(name: str) -> str:
   """'forward', 'saliency', 'attack', 'metrics' or 'pipeline'."""
   if name in saliency.REGISTRY:
     return 'saliency'
   if name in attacks.ATTACKS:
     return 'attack'
-  if name == config.SWEEP_WORKLOAD:
+  if name in (config.SWEEP_WORKLOAD, config.LOCALIZE_WORKLOAD):
     return 'pipeline'
   return 'metrics' if name == config.METRICS_WORKLOAD else 'forward'
 
@@ -294,4 +342,6 @@ def build_job(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num_cl
     return _metrics_job(cfg, key)
   if name == config.SWEEP_WORKLOAD:
     return _sweep_job(subject, x, pred, cfg)
+  if name == config.LOCALIZE_WORKLOAD:
+    return _localize_job(subject, x, pred, cfg)
   return _forward_job(subject, x)
