@@ -13,7 +13,7 @@ logits`` function, which ``attacks.whitebox_detector`` attacks and ``adversarial
 hardens round after round.
 
 Every function is pure over arrays with explicit PRNG keys; loops are compiled
-(``lax.map`` over batches, ``lax.scan`` over training steps).
+(``lax.map`` over batches; training is a loop of compiled steps).
 """
 
 from advsal_jax.detection._adversarial import adversarial_training

@@ -27,7 +27,8 @@ def adversarial_training(apply_fn: ApplyFn, params: Params, x: jax.typing.ArrayL
                          attack: Callable[..., jax.Array] = attacks.whitebox_detector,
                          num_epochs: int = 5, batch_size: int = 128,
                          attack_batch_size: int | None = None,
-                         optimizer: optax.GradientTransformation | None = None
+                         optimizer: optax.GradientTransformation = (
+                             _detector.DEFAULT_OPTIMIZER)
                          ) -> tuple[Params, list[dict[str, Any]]]:
   """``rounds`` rounds of: white-box attack on the current detector, grow the set, fine-tune.
 
