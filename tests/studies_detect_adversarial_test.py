@@ -24,7 +24,7 @@ from advsal_jax.studies import detect_adversarial_claims
 from advsal_jax.studies import detect_adversarial_report as study_report
 from advsal_jax.studies import store
 
-from testing_utils import random_study_checkpoint, TinyNet
+from testing_utils import random_study_checkpoint, random_study_masker, TinyNet
 from testing_utils import kill_when
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -177,23 +177,11 @@ def test_dataset_budgets_fill_only_unset_values():
   assert study.Config(checkpoint='/a/b/alexnet_cifar').masker_name == 'masker_alexnet_cifar'
 
 
-def _save_masker(root: pathlib.Path, classifier_dir: str) -> str:
-  """A random masker of the random alexnet_cifar checkpoint at ``classifier_dir``."""
-  classifier, cvars, cmeta = checkpoints.load(classifier_dir)
-  masker = saliency.Masker(classifier, ('conv1', 'conv5'), width=4)
-  mvars = saliency.init_masker(masker, cvars, jnp.zeros((1, 32, 32, 3)), key=jax.random.key(3))
-  metadata = {'kind': 'masker', 'classifier': classifier_dir, 'dataset': 'cifar10',
-              'classifier_checkpoint': {k: cmeta.get(k) for k in ('model', 'test_accuracy')},
-              'masker': {'layers': list(masker.layers), 'width': 4, 'mask_downsample': 2}}
-  return str(checkpoints.save(root / 'masker', model_name='alexnet_cifar',
-                              variables=saliency.decoder_params(mvars), metadata=metadata))
-
-
 @pytest.fixture(scope='module')
 def checkpoint_and_data(tmp_path_factory):
   """A random-weight alexnet_cifar checkpoint, a random masker of it, tiny CIFAR-10."""
   root, ckpt, data_dir = random_study_checkpoint(tmp_path_factory.mktemp('study003'))
-  return ckpt, _save_masker(root, ckpt), data_dir
+  return ckpt, random_study_masker(root, ckpt), data_dir
 
 
 _RUN_ATTACKS = ('fgsm',)
@@ -276,7 +264,7 @@ def test_run_refuses_a_masker_of_another_classifier(checkpoint_and_data, tmp_pat
 
 def test_binary_rejects_bad_flags_before_loading(tmp_path):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  for flag, match in (('--experiments=shift,matrix', 'experiments'),
+  for flag, match in (('--experiments=shift,nope', 'experiments'),
                       ('--attacks=fgsm,pgd', 'attacks'),
                       ('--masker=/nonexistent/masker', 'masker')):
     proc = subprocess.run([sys.executable, 'experiments/detect_adversarial.py', flag,
@@ -294,7 +282,7 @@ def test_binary_killed_mid_run_resumes_to_the_same_tables(checkpoint_and_data, t
   def cmd(out, *extra):
     return [sys.executable, 'experiments/detect_adversarial.py', '--preset=smoke',
             '--num_examples=4', '--batch_size=2', f'--checkpoint={ckpt}', f'--masker={masker}',
-            f'--data_dir={data_dir}', f'--output_dir={out}', *extra]
+            f'--data_dir={data_dir}', f'--output_dir={out}', '--experiments=shift', *extra]
 
   whole, killed = tmp_path / 'whole', tmp_path / 'killed'
   proc = subprocess.run(cmd(whole), cwd=_ROOT, env=env, capture_output=True, text=True,

@@ -18,6 +18,7 @@ import numpy as np
 
 from advsal_jax import checkpoints
 from advsal_jax import models
+from advsal_jax import saliency
 
 CIFAR_CLASSES = (b'airplane', b'automobile', b'bird', b'cat', b'deer', b'dog', b'frog', b'horse',
                  b'ship', b'truck')
@@ -58,6 +59,18 @@ def random_study_checkpoint(root: pathlib.Path) -> tuple[pathlib.Path, str, str]
   ckpt = checkpoints.save(root / 'ckpt', model_name='alexnet_cifar', variables=variables,
                           metadata={'test_accuracy': 0.1, 'dataset': 'cifar10'})
   return root, str(ckpt), str(root / 'data')
+
+
+def random_study_masker(root: pathlib.Path, classifier_dir: str) -> str:
+  """A random masker of the random alexnet_cifar checkpoint at ``classifier_dir``."""
+  classifier, cvars, cmeta = checkpoints.load(classifier_dir)
+  masker = saliency.Masker(classifier, ('conv1', 'conv5'), width=4)
+  mvars = saliency.init_masker(masker, cvars, jnp.zeros((1, 32, 32, 3)), key=jax.random.key(3))
+  metadata = {'kind': 'masker', 'classifier': classifier_dir, 'dataset': 'cifar10',
+              'classifier_checkpoint': {k: cmeta.get(k) for k in ('model', 'test_accuracy')},
+              'masker': {'layers': list(masker.layers), 'width': 4, 'mask_downsample': 2}}
+  return str(checkpoints.save(root / 'masker', model_name='alexnet_cifar',
+                              variables=saliency.decoder_params(mvars), metadata=metadata))
 
 
 def linear_apply(params, x):

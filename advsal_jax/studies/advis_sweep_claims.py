@@ -31,12 +31,6 @@ def _eps_list(keys: list[str]) -> str:
   return f'eps {", ".join(keys)} /255' if keys else 'no eps'
 
 
-def _verdict(passed: int, total: int) -> str:
-  if total == 0:
-    return 'cannot be tested'
-  return 'holds' if passed == total else ('partly holds' if passed else 'does not hold')
-
-
 def _per_model(models, check: Callable[[str], bool]) -> tuple[int, list[str]]:
   ok = [s for s in models if check(s)]
   return len(ok), ok
@@ -62,7 +56,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
                 f"{_m(sweep[s][last]['cam_area']['all'])} at eps {last}, shift "
                 f"{_m(sweep[s][first]['cam_shift']['all'], '.1f')} -> "
                 f"{_m(sweep[s][last]['cam_shift']['all'], '.1f')} px" for s in models),
-      _verdict(n, len(models)),
+      report.count_verdict(n, len(models)),
       f'area and shift both grow (CIs apart) on {ok or "no model"}'))
 
   n, ok = _per_model(models, grows('diff_l1'))
@@ -72,7 +66,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
       '; '.join(f"{s}: L1 {_m(sweep[s][first]['diff_l1']['all'], '.3f')} at eps {first} -> "
                 f"{_m(sweep[s][last]['diff_l1']['all'], '.3f')} at eps {last}"
                 for s in models),
-      _verdict(n, len(models)), f'CIs apart on {ok or "no model"}'))
+      report.count_verdict(n, len(models)), f'CIs apart on {ok or "no model"}'))
 
   cells = [(s, _key(e)) for s in models for e in eps if e > 0]
   good = [(s, k) for s, k in cells
@@ -86,7 +80,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
       '; '.join(f"{s}: rho {_m(sweep[s][last]['logratio_cam_spearman']['all'])} at eps "
                 f"{last} (control with another image's CAM "
                 f"{_m(sweep[s][last]['logratio_control_spearman']['all'])})" for s in models),
-      _verdict(len(good), len(cells)),
+      report.count_verdict(len(good), len(cells)),
       f'{len(good)} of {len(cells)} (model, eps) cells have a CI above 0 and above the '
       'control'))
 
@@ -101,7 +95,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
         'lower success (Sec. 3).', 'qualitative (figure)',
         f'V2 GBVS difference larger (CIs apart) at {_eps_list(larger)}; V2 success lower at '
         f'{_eps_list(weaker)} (of {len(eps)} eps)',
-        _verdict(passed, 2), 'each half must hold at most eps'))
+        report.count_verdict(passed, 2), 'each half must hold at most eps'))
 
   pairs = [(s, t) for s in models for t in models if s != t]
   if pairs:
@@ -120,7 +114,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
         'table).', 'V2 keeps "giant panda" on top up to eps 10 for V1-made images',
         f'black-box success {black(first):.2f} vs white-box {white(first):.2f} at eps '
         f'{first}; black-box {black(last):.2f} (white-box {white(last):.2f}) at eps {last}',
-        _verdict(poor + rises, 2),
+        report.count_verdict(poor + rises, 2),
         'poor: black-box < half the white-box at the smallest eps; until large: black-box '
         'at least doubles by the largest eps'))
 
@@ -136,7 +130,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
                   f"perturbation's energy at eps {last} and "
                   f"{_m(summary['border_grad_share'][s], '.3f')} of the loss gradient's"
                   for s in models),
-      _verdict(n, len(models)),
+      report.count_verdict(n, len(models)),
       f'towards the borders: at least {_GRAVITATE:g} times the band\'s pixel share (CI); '
       "an L-inf sign step moves every pixel by eps (bar clipping at 0 and 1), so its energy "
       'is spread evenly by construction; the loss gradient shows where the model looks'))
@@ -153,7 +147,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
       'classifier) pairs; clean accuracy ' + '; '.join(
           f"{t} {_m(summary['clean_accuracy'][t])} -> "
           f"{_m(summary['clean_crop_accuracy'][t])} after the crop" for t in models),
-      _verdict(len(changed), total),
+      report.count_verdict(len(changed), total),
       'the crop also changes clean accuracy, which the success rate conditions on'))
 
   df = summary['deepfool']
@@ -166,7 +160,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
                 f"{report.with_ci(df[s]['overlap_diff_spearman']['all'], '.2f')}, of |delta| "
                 f"{report.with_ci(df[s]['overlap_delta_spearman']['all'], '.2f')}"
                 for s in models),
-      _verdict(len(inverted), len(models)),
+      report.count_verdict(len(inverted), len(models)),
       'inverted: a negative correlation of the two GBVS differences (CI below 0)'))
   as_good = [s for s in models if df[s]['success'] and df[s]['fgsm_success']
              and df[s]['success']['ci_high'] >= df[s]['fgsm_success']['ci_low']]
@@ -174,6 +168,6 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
       'DeepFool is just as effective as FGSM (Sec. 5).', 'stated',
       '; '.join(f"{s}: {_m(df[s]['success'])} vs FGSM {_m(df[s]['fgsm_success'])} at eps {k}"
                 for s in models),
-      _verdict(len(as_good), len(models)),
+      report.count_verdict(len(as_good), len(models)),
       'as effective: DeepFool success not below FGSM\'s (CIs)'))
   return out

@@ -1,6 +1,12 @@
-"""Study 003, saliency-shift half: do adversarial images move a learnt saliency map?
+"""Study 003: its settings, and the saliency-shift half (do adversarial images move a map?).
 
-One stage over the first ``num_examples`` test images. Each batch is one compiled call that:
+``Config`` holds the settings of every experiment of the study (``EXPERIMENTS``); ``run``
+claims the output directory for them and runs the shift experiment if it is selected. The
+detection experiments ('matrix', 'whitebox') run in the same directory afterwards with
+``detect_adversarial_detectors.run`` (the binary calls both).
+
+The shift experiment is one stage over the first ``num_examples`` test images. Each batch
+is one compiled call that:
 
 * attacks every image with each attack of ``cfg.attacks``, untargeted on its true label
   (JSMA is targeted only: its target is a random class other than the true label, drawn
@@ -47,8 +53,14 @@ from advsal_jax.types import Params
 NAME = 'detect_adversarial'
 SHIFT_STAGE = 'shift'
 MAPS_STAGE = 'maps'
-EXPERIMENTS = ('shift',)
-"""The experiments this study runs (``--experiments``)."""
+EXPERIMENTS = ('shift', 'matrix', 'whitebox')
+"""The experiments of the study (``--experiments``): the saliency shift (Tables 1-2), the
+train-attack x test-attack detection matrix (Figure 2) and the white-box attack on the
+detectors before and after adversarial training (Table 3)."""
+DETECTION_EXPERIMENTS = ('matrix', 'whitebox')
+DETECTOR_KINDS = ('spd', 'smd', 'id', 'jsd')
+"""The paper's detectors, in its order (``detection.INPUT_KINDS``)."""
+WHITEBOX_MODES = ('alternate', 'joint')
 ATTACK_NAMES = ('fgsm', 'bim', 'mim', 'carlini_wagner_l2', 'jsma', 'deepfool')
 """The paper's six attacks, in its order."""
 MAP_KINDS = ('learnt', 'gradient')
@@ -96,7 +108,28 @@ class Config:
     l0_atol: a pixel counts as changed when a channel moves by more than this (half a
       quantisation step by default).
     num_figure_images: images whose maps are kept for the figures.
-    seed: JSMA targets, the partners of the baseline and the report's bootstrap.
+    seed: JSMA targets, the partners of the baseline and the report's bootstrap; the
+      detectors' seeds are ``seed, seed + 1, ...``.
+    experiments: names from ``EXPERIMENTS``.
+    detectors: detector inputs of the detection experiments, from ``DETECTOR_KINDS``.
+    detector_saliency: the saliency method of SMD and SPD (a key of ``saliency.REGISTRY``;
+      the paper's learnt mask by default).
+    num_train: the first N training images, attacked to train the detectors.
+    num_seeds: detectors trained per cell (seeds of initialisation and batch order).
+    only_successful: train and test the detectors on the images the classifier got right
+      and the attack fooled (each with its adversarial version); False: every image.
+    detector_epochs, detector_batch_size, detector_lr: training of each detector (Adam).
+    whitebox_train_attack: the black-box attack the detectors of the white-box experiment
+      are first trained on (its matrix row).
+    whitebox_eps: the white-box L-inf budget; None: ``eps``.
+    whitebox_step: its step size; None: ``bim_step``.
+    whitebox_steps: its rounds T (paper: 5).
+    whitebox_modes: names from ``WHITEBOX_MODES``: the paper's alternating steps, and the
+      joint step on both objectives (Metzen et al.), evaluated before and after adversarial
+      training (which always trains against the first mode).
+    whitebox_weight: the detector's weight in a joint step (paper: alpha = 0.5).
+    adversarial_rounds: rounds of adversarial training of each detector.
+    adversarial_epochs: fine-tuning epochs per round.
   """
   checkpoint: str = 'cnn_mnist'
   masker: str = ''
@@ -121,6 +154,23 @@ class Config:
   l0_atol: float = 0.5 / 255
   num_figure_images: int = 4
   seed: int = 0
+  experiments: tuple[str, ...] = ('shift',)
+  detectors: tuple[str, ...] = DETECTOR_KINDS
+  detector_saliency: str = 'learnt_saliency'
+  num_train: int = 256
+  num_seeds: int = 1
+  only_successful: bool = True
+  detector_epochs: int = 10
+  detector_batch_size: int = 64
+  detector_lr: float = 1e-3
+  whitebox_train_attack: str = 'bim'
+  whitebox_eps: float | None = None
+  whitebox_step: float | None = None
+  whitebox_steps: int = 5
+  whitebox_modes: tuple[str, ...] = WHITEBOX_MODES
+  whitebox_weight: float = 0.5
+  adversarial_rounds: int = 2
+  adversarial_epochs: int = 5
 
   @property
   def masker_name(self) -> str:
@@ -128,30 +178,51 @@ class Config:
     return self.masker or f'masker_{pathlib.Path(self.checkpoint).name}'
 
 
-def validate(cfg: Config, *, split_size: int | None = None):
+def _check_names(values: tuple[str, ...], allowed: tuple[str, ...], name: str):
+  """``values`` must be distinct names of ``allowed``, at least one."""
+  if not values or any(v not in allowed for v in values) or len(set(values)) != len(values):
+    raise ValueError(f'{name}: expected distinct names from {list(allowed)}, got '
+                     f'{list(values)}.')
+
+
+def validate(cfg: Config, *, split_size: int | None = None, train_size: int | None = None):
   """Raises ValueError naming the bad setting; runs before anything is loaded or compiled.
 
   Args:
     cfg: the settings.
     split_size: test images available (checked when given).
+    train_size: training images available (checked when given and a detection experiment
+      is selected).
   """
-  unknown = [a for a in cfg.attacks if a not in ATTACK_NAMES]
-  if not cfg.attacks or unknown or len(set(cfg.attacks)) != len(cfg.attacks):
-    raise ValueError(f'attacks: expected distinct names from {list(ATTACK_NAMES)}, got '
-                     f'{list(cfg.attacks)}.')
+  _check_names(cfg.attacks, ATTACK_NAMES, 'attacks')
+  _check_names(cfg.experiments, EXPERIMENTS, 'experiments')
+  _check_names(cfg.detectors, DETECTOR_KINDS, 'detectors')
+  _check_names(cfg.whitebox_modes, WHITEBOX_MODES, 'whitebox_modes')
+  if cfg.whitebox_train_attack not in ATTACK_NAMES:
+    raise ValueError(f'whitebox_train_attack must be one of {ATTACK_NAMES}, got '
+                     f'{cfg.whitebox_train_attack!r}.')
+  if cfg.detector_saliency not in saliency.REGISTRY:
+    raise ValueError(f'detector_saliency must be a saliency method of '
+                     f'{sorted(saliency.REGISTRY)}, got {cfg.detector_saliency!r}.')
   for name in ('num_examples', 'batch_size', 'num_steps', 'cw_binary_search_steps',
-               'cw_max_iterations', 'deepfool_max_iter'):
+               'cw_max_iterations', 'deepfool_max_iter', 'num_train', 'num_seeds',
+               'detector_epochs', 'detector_batch_size', 'whitebox_steps',
+               'adversarial_rounds', 'adversarial_epochs'):
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f'{name} must be an integer >= 1, got {value!r}.')
-  for name in ('eps', 'bim_step', 'mim_step'):
+  for name in ('eps', 'bim_step', 'mim_step', 'whitebox_eps', 'whitebox_step'):
     value = getattr(cfg, name)
     if value is not None and not 0 < value <= 1:
       raise ValueError(f'{name} must be in (0, 1] (pixels in [0, 1]) or unset, got {value}.')
   for name in ('mim_decay', 'cw_confidence', 'deepfool_overshoot', 'l0_atol'):
     if not getattr(cfg, name) >= 0:
       raise ValueError(f'{name} must be >= 0, got {getattr(cfg, name)}.')
-  for name in ('cw_learning_rate', 'cw_initial_const'):
+  if not isinstance(cfg.only_successful, bool):
+    raise ValueError(f'only_successful must be a bool, got {cfg.only_successful!r}.')
+  if not 0 <= cfg.whitebox_weight <= 1:
+    raise ValueError(f'whitebox_weight must be in [0, 1], got {cfg.whitebox_weight}.')
+  for name in ('cw_learning_rate', 'cw_initial_const', 'detector_lr'):
     if not getattr(cfg, name) > 0:
       raise ValueError(f'{name} must be > 0, got {getattr(cfg, name)}.')
   if cfg.jsma_theta == 0 or not -1 <= cfg.jsma_theta <= 1:
@@ -169,10 +240,16 @@ def validate(cfg: Config, *, split_size: int | None = None):
   if split_size is not None and cfg.num_examples > split_size:
     raise ValueError(f'num_examples must be <= {split_size} (the test split), got '
                      f'{cfg.num_examples}.')
+  detection = any(e in DETECTION_EXPERIMENTS for e in cfg.experiments)
+  if detection and train_size is not None and cfg.num_train > train_size:
+    raise ValueError(f'num_train must be <= {train_size} (the training split), got '
+                     f'{cfg.num_train}.')
 
 
 def with_dataset_budgets(cfg: Config, dataset: str) -> Config:
   """``cfg`` with every unset L-inf budget taken from ``DATASET_BUDGETS[dataset]``.
+
+  The white-box budget and step, when unset, are then ``eps`` and ``bim_step``.
 
   Raises:
     ValueError: a budget is unset and the dataset has no default.
@@ -181,7 +258,10 @@ def with_dataset_budgets(cfg: Config, dataset: str) -> Config:
   if unset and dataset not in DATASET_BUDGETS:
     raise ValueError(f'{", ".join(unset)}: no default for dataset {dataset!r} (defaults for '
                      f'{sorted(DATASET_BUDGETS)}); set them.')
-  return dataclasses.replace(cfg, **{k: DATASET_BUDGETS[dataset][k] for k in unset})
+  cfg = dataclasses.replace(cfg, **{k: DATASET_BUDGETS[dataset][k] for k in unset})
+  return dataclasses.replace(
+      cfg, whitebox_eps=cfg.eps if cfg.whitebox_eps is None else cfg.whitebox_eps,
+      whitebox_step=cfg.bim_step if cfg.whitebox_step is None else cfg.whitebox_step)
 
 
 def partners(num_examples: int, seed: int) -> np.ndarray:
@@ -336,7 +416,11 @@ def shift_batch(mask_fn: Callable, params: Params, x: jax.Array, labels: jax.Arr
 
 def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
         resume: bool = False, mesh: jax.sharding.Mesh | None = None) -> pathlib.Path:
-  """Runs the shift stage over the first ``cfg.num_examples`` test images, then the maps stage.
+  """Claims ``output_dir`` for ``cfg`` and runs the shift experiment if it is selected.
+
+  The shift experiment is the shift stage over the first ``cfg.num_examples`` test images,
+  then the maps stage. With a detection experiment selected, the training split's size is
+  checked here too, before any work; ``detect_adversarial_detectors.run`` runs them next.
 
   Args:
     cfg: the settings (unset budgets are taken from the dataset's defaults).
@@ -362,7 +446,10 @@ def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
   dataset = classifier_meta['dataset']
   cfg = with_dataset_budgets(cfg, dataset)
   test = data.load(dataset, 'test', data_dir=data_dir)
-  validate(cfg, split_size=len(test.labels))
+  train_size = None
+  if any(e in DETECTION_EXPERIMENTS for e in cfg.experiments):
+    train_size = len(data.load(dataset, 'train', data_dir=data_dir).labels)
+  validate(cfg, split_size=len(test.labels), train_size=train_size)
   num_classes = len(test.class_names)
   config = {**dataclasses.asdict(cfg), 'masker': cfg.masker_name, 'dataset': dataset,
             'architecture': classifier_meta['model'],
@@ -370,6 +457,8 @@ def run(cfg: Config, *, output_dir: store.PathLike, data_dir: str | None = None,
             'masker_quality': masker_meta.get('quality'), 'class_names': test.class_names,
             'image_shape': list(test.images.shape[1:])}
   out = runner.open_output_dir(output_dir, config, resume=resume)
+  if SHIFT_STAGE not in cfg.experiments:
+    return out
   mesh = parallel.data_mesh() if mesh is None else mesh
   partner = partners(cfg.num_examples, cfg.seed)
 

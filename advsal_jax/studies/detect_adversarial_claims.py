@@ -24,12 +24,6 @@ def _m(stats: dict | None, spec: str = '.3f') -> str:
   return report.fmt(None if not stats else stats['mean'], spec)
 
 
-def _verdict(passed: int, total: int) -> str:
-  if total == 0:
-    return 'cannot be tested'
-  return 'holds' if passed == total else ('partly holds' if passed else 'does not hold')
-
-
 def _dataset_note(dataset: str) -> str:
   """What a claim the paper makes for CIFAR-10 and ASSIRA adds when run on ``dataset``."""
   if dataset == 'cifar10':
@@ -65,7 +59,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
       'images (Sec. "L2 distances", CIFAR-10 and ASSIRA).', 'Table 1 (numbers not in our text)',
       f"different images {_m(summary['different']['learnt'])}; "
       + ', '.join(f"{_TITLES[n]} {_m(att[n]['learnt']['adversarial'])}" for n in names),
-      _verdict(len(comparable), len(tested)),
+      report.count_verdict(len(comparable), len(tested)),
       f'comparable or larger: the CI of the shift reaches the baseline\'s CI; true for '
       f'{[_TITLES[n] for n in comparable] or "no attack"}{note}'))
 
@@ -95,7 +89,7 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
       'Tresp).', 'qualitative (Figs. 7-8)',
       '; '.join(f'{_TITLES[n]}: shift / baseline {g:.2f} (gradient) vs {s:.2f} (learnt)'
                 for n, g, s in pairs) or 'no successful attack',
-      _verdict(len(smaller), len(pairs)),
+      report.count_verdict(len(smaller), len(pairs)),
       'for each attack, the gradient map\'s shift relative to its own different-images '
       'baseline is below the learnt map\'s'))
 
@@ -109,7 +103,8 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
       'discussion).', 'Table 2 (numbers not in our text)',
       ', '.join(f"{_TITLES[n]} L2 {_m(att[n]['sizes']['l2'], '.4f')}, Linf "
                 f"{_m(att[n]['sizes']['linf'], '.4f')}" for n in names),
-      _verdict(len(ok), len(cells)), 'smaller: L2 CIs apart, for every (L2 attack, FGSM/JSMA) '
+      report.count_verdict(len(ok), len(cells)),
+      'smaller: L2 CIs apart, for every (L2 attack, FGSM/JSMA) '
       'pair'))
 
   if 'jsma' in names:
@@ -120,7 +115,8 @@ def claims(summary: dict, config: dict) -> list[report.Claim]:
         'JSMA changes few pixels, the other attacks spread over the whole image (Sec. '
         '"Worse generalization on JSMA").', 'stated',
         ', '.join(f"{_TITLES[n]} L0/m {_m(att[n]['sizes']['l0'])}" for n in names),
-        _verdict(len(fewer), len(cells)), 'JSMA\'s share of changed pixels below each other '
+        report.count_verdict(len(fewer), len(cells)),
+        'JSMA\'s share of changed pixels below each other '
         'attack\'s (CIs apart)'))
 
   out.append(report.Claim(

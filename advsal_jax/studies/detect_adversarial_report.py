@@ -1,4 +1,4 @@
-"""Study 003's saliency-shift outputs: the per-example table, the summary, figures, report.
+"""Study 003's outputs: the shift experiment's tables, summary and figures, and the report.
 
 Reads only the run's shards and ``config.json``: neither the models nor the data are loaded.
 
@@ -15,6 +15,7 @@ import numpy as np
 from advsal_jax import metrics
 from advsal_jax.studies import detect_adversarial as study
 from advsal_jax.studies import detect_adversarial_claims
+from advsal_jax.studies import detect_adversarial_detection_report as detection_report
 from advsal_jax.studies import figures
 from advsal_jax.studies import report
 from advsal_jax.studies import store
@@ -157,11 +158,32 @@ def assira_paragraph(dataset: str) -> str:
           f'(--checkpoint={detect_adversarial_claims.STAND_IN_CHECKPOINT}).')
 
 
-def report_markdown(summary: dict, config: dict, *, figures_: list[tuple[str, str]]) -> str:
-  """The report: setup, claims, Tables 1-2, success rates, figures."""
+def report_markdown(summary: dict, config: dict, *, figures_: list[tuple[str, str]],
+                    detection_figures: list[tuple[str, str]] = ()) -> str:
+  """The report: the shift experiment's sections and the detection experiments' that ran.
+
+  Args:
+    summary: ``summarize``'s dict (the shift experiment's; absent keys when it did not run),
+      with ``'detection'`` holding the detection summary when those experiments ran.
+    config: the run's ``config.json``.
+    figures_: the shift experiment's (file, caption) pairs.
+    detection_figures: the detection experiments' (file, caption) pairs.
+  """
+  doc = report.Markdown('Study 003: model-based saliency for the detection of adversarial '
+                        'examples')
+  doc.paragraph(assira_paragraph(config['dataset']))
+  if 'attacks' in summary:
+    shift_sections(doc, summary, config, figures_)
+  if 'detection' in summary:
+    detection_report.add_sections(doc, summary['detection'], config, detection_figures)
+  return doc.text()
+
+
+def shift_sections(doc: report.Markdown, summary: dict, config: dict,
+                   figures_: list[tuple[str, str]]):
+  """Appends the shift experiment's setup, claims, Tables 1-2, success rates and figures."""
   names = config['attacks']
-  doc = report.Markdown('Study 003 (saliency-shift half): do adversarial perturbations shift '
-                        'learnt saliency maps?')
+  doc.heading('Saliency shift: do adversarial perturbations shift learnt saliency maps?')
   doc.paragraph(
       f"{summary['num_images']} {config['dataset']} test images; classifier "
       f"{config['checkpoint']} ({config['architecture']}, test accuracy "
@@ -193,17 +215,16 @@ def report_markdown(summary: dict, config: dict, *, figures_: list[tuple[str, st
       'Presets and flags may change them (the default preset runs C&W for 100 iterations '
       'per binary-search step at learning rate 0.1, which costs a CPU minutes instead of '
       'hours); the values above are those of this run.')
-  doc.paragraph(assira_paragraph(config['dataset']))
-  doc.heading('Claims')
+  doc.heading('Shift claims', 3)
   doc.lines(report.claims(detect_adversarial_claims.claims(summary, config)))
   for kind, title in (('learnt', 'learnt saliency (masking model)'),
                       ('gradient', 'gradient maps')):
-    doc.heading(f'Table 1: L2 distances between {title}')
+    doc.heading(f'Table 1: L2 distances between {title}', 3)
     doc.paragraph('Natural vs adversarial over the successful attacks (n), different images '
                   'over every image; p: two-sided Mann-Whitney U test of the two samples; '
                   'r > 0: the adversarial shift tends to be larger than the baseline.')
     doc.lines(table1(summary, config, kind))
-  doc.heading('Table 2: perturbation sizes (successful attacks)')
+  doc.heading('Table 2: perturbation sizes (successful attacks)', 3)
   doc.paragraph('m = number of pixels; L0 = share of pixels with a channel changed by more '
                 f"than {config['l0_atol']:.3g}; L2 = ||r||_2 / sqrt(m); Linf = max |r| "
                 '(pixels in [0, 1]). The paper\'s caption marks ||r||_2 >= 0.025 and '
@@ -212,28 +233,35 @@ def report_markdown(summary: dict, config: dict, *, figures_: list[tuple[str, st
   doc.lines(report.table(('attack', 'L0 / m', 'L2 / sqrt(m)', 'Linf'), [
       (ATTACK_TITLES[n], *(report.with_ci(summary['attacks'][n]['sizes'][s], '.4f')
                            for s in SIZES)) for n in names]))
-  doc.heading('Attack success rates')
+  doc.heading('Attack success rates', 3)
   doc.paragraph('Share of the correctly classified images whose adversarial version is '
                 'misclassified (JSMA: whether or not it reached its target).')
   doc.lines(report.table(('attack', 'success [95% CI]'), [
       (ATTACK_TITLES[n], report.with_ci(summary['attacks'][n]['success'])) for n in names]))
-  doc.heading('Figures')
+  doc.heading('Shift figures', 3)
   for name, caption in figures_:
     doc.figure(name, caption)
-  return doc.text()
 
 
 def headline(summary: dict, config: dict) -> list[tuple[str, Any, Any]]:
   """(quantity, paper, ours) rows for the results index."""
   rows = []
-  for kind, paper in (('learnt', 'comparable to or larger than the baseline (CIFAR-10)'),
-                      ('gradient', 'imperceptible shift')):
-    base = summary['different'][kind]
-    ratios = [summary['attacks'][n][kind]['adversarial']['mean'] / base['mean']
-              for n in config['attacks']
-              if base and base['mean'] > 0 and summary['attacks'][n][kind]['adversarial']]
-    rows.append((f'{kind} map shift / different-images L2, {config["dataset"]} (median over '
-                 'attacks)', paper, float(np.median(ratios)) if ratios else None))
+  if 'attacks' in summary:
+    for kind, paper in (('learnt', 'comparable to or larger than the baseline (CIFAR-10)'),
+                        ('gradient', 'imperceptible shift')):
+      base = summary['different'][kind]
+      ratios = [summary['attacks'][n][kind]['adversarial']['mean'] / base['mean']
+                for n in config['attacks']
+                if base and base['mean'] > 0 and summary['attacks'][n][kind]['adversarial']]
+      rows.append((f'{kind} map shift / different-images L2, {config["dataset"]} (median '
+                   'over attacks)', paper, float(np.median(ratios)) if ratios else None))
+  detection = summary.get('detection', {})
+  for kind in ('spd', 'smd'):
+    cells = [c['accuracy']['mean'] for row in detection.get('matrix', {}).get(kind, {}).values()
+             for c in row['test'].values() if c['accuracy']]
+    if cells:
+      rows.append((f'{kind.upper()} mean detection accuracy over the attack matrix, '
+                   f'{config["dataset"]}', 'SPD above SMD', float(np.mean(cells))))
   return rows
 
 
@@ -247,20 +275,30 @@ def load(output_dir: store.PathLike) -> tuple[dict[str, np.ndarray], dict[str, n
 
 
 def finalize(output_dir: store.PathLike) -> pathlib.Path:
-  """Writes ``per_example.csv``, ``summary.json``, figures and ``report.md``.
+  """Writes the outputs of the experiments that ran, ``summary.json`` and ``report.md``.
+
+  The shift experiment writes ``per_example.csv`` and its figures; the detection
+  experiments ``detection_scores.csv`` and theirs (``detect_adversarial_detection_report``).
 
   Args:
-    output_dir: a finished ``detect_adversarial.run``'s directory.
+    output_dir: a finished run's directory.
 
   Returns:
     The path of ``report.md``.
   """
   out = pathlib.Path(output_dir)
   config = store.read_json(out / 'config.json')
-  res, maps = load(out)
-  store.write_csv(out / 'per_example.csv', per_example_rows(res, config))
-  summary = summarize(res, config)
+  summary: dict[str, Any] = {}
+  shown: list[tuple[str, str]] = []
+  if store.shard_files(out, study.SHIFT_STAGE):
+    res, maps = load(out)
+    store.write_csv(out / 'per_example.csv', per_example_rows(res, config))
+    summary = summarize(res, config)
+    shown = write_figures(out, maps, summary, config)
+  detection_shown: list[tuple[str, str]] = []
+  if detection_report.has_results(out):
+    summary['detection'], detection_shown = detection_report.finalize(out, config)
   store.write_json(out / 'summary.json', summary)
-  shown = write_figures(out, maps, summary, config)
-  store.write_text(out / 'report.md', report_markdown(summary, config, figures_=shown))
+  store.write_text(out / 'report.md', report_markdown(summary, config, figures_=shown,
+                                                      detection_figures=detection_shown))
   return out / 'report.md'

@@ -24,10 +24,6 @@ ALIKE_R = 0.1
 ALPHA = 0.05
 
 
-def _verdict(hits: int, total: int) -> str:
-  return 'holds' if hits == total else ('partly holds' if hits else 'does not hold')
-
-
 def _ci(stats: Mapping[str, float] | None) -> str:
   return report.with_ci(stats)
 
@@ -124,7 +120,7 @@ def _separation_claim(cd: Mapping[str, Any], config: Mapping[str, Any]) -> repor
       f"{_ci(md['random'])}, EGBP(m vs k) {_ci(md['egbp_swapped'])}; EGBP minus GBP "
       f"{_ci(dd['gbp'])}, minus random {_ci(dd['random'])} (by construction: Sim-Ratio EGBP "
       f"{_ci(cd['egbp']['sim_ratio'])} vs GBP {_ci(cd['gbp']['sim_ratio'])})",
-      _verdict(sum(beats), 2), why)
+      report.count_verdict(sum(beats), 2), why)
 
 
 def _reacts_claim(s: Mapping[str, Any], config: Mapping[str, Any]) -> report.Claim:
@@ -153,7 +149,7 @@ def _reacts_claim(s: Mapping[str, Any], config: Mapping[str, Any]) -> report.Cla
   if not cells:
     return report.Claim(text, 'Fig. 3 (qualitative)', 'n/a', 'cannot be tested',
                         'no attack succeeded on two or more images')
-  verdict, why = _verdict(hits, cells), ''
+  verdict, why = report.count_verdict(hits, cells), ''
   ctl = s.get('egbp_swapped_control') or {}
   swap = [att for att in settings.ATTACKS
           if (ctl.get(att, {}).get('swapped_minus_clean_spearman') or {}).get('ci_low', -1) > 0]
@@ -244,5 +240,5 @@ def _failed_claims(s: Mapping[str, Any]) -> list[report.Claim]:
                               f'no attack had >= {need} failed and successful images'))
     else:
       out.append(report.Claim(text, 'Fig. 5 (qualitative)', '; '.join(parts),
-                              _verdict(hits, tested)))
+                              report.count_verdict(hits, tested)))
   return out

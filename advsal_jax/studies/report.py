@@ -69,6 +69,13 @@ class Claim:
       raise ValueError(f'verdict must be one of {VERDICTS}, got {self.verdict!r}.')
 
 
+def count_verdict(passed: int, total: int) -> str:
+  """The verdict of a claim checked ``total`` times: all passed, some, none, or never checked."""
+  if total == 0:
+    return 'cannot be tested'
+  return 'holds' if passed == total else ('partly holds' if passed else 'does not hold')
+
+
 def claims(items: Sequence[Claim]) -> list[str]:
   """The claims as a table: claim, paper, ours, verdict (with its reason)."""
   rows = [(c.text, c.paper, c.ours, f'**{c.verdict}**' + (f': {c.why}' if c.why else ''))
