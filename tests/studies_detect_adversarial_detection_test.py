@@ -4,9 +4,7 @@ per-example scores), the cache shared between runs, and resume after a kill."""
 
 import dataclasses
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -26,7 +24,7 @@ from advsal_jax.studies import detect_adversarial_report as study_report
 from advsal_jax.studies import detect_adversarial_sets as sets
 from advsal_jax.studies import store
 
-from testing_utils import kill_when
+from testing_utils import assert_killed_run_resumes_to_the_same_files
 from testing_utils import random_study_checkpoint
 from testing_utils import random_study_masker
 
@@ -178,6 +176,17 @@ def test_matrix_verdicts_cannot_be_tested_without_their_detectors():
   assert [c.verdict for c in got[:3]] == ['cannot be tested'] * 3
 
 
+def test_detectors_that_did_not_learn_are_left_out_of_the_comparisons():
+  # SPD and SMD at chance everywhere, ID and JSD trained well: the SPD/SMD claims cannot be
+  # tested, the ID/JSD ones can, and every verdict names what was left out.
+  acc = lambda k, a, b: 0.5 if k in ('spd', 'smd') else (0.95 if a == b else 0.9)
+  got = claims_lib.matrix_claims({'matrix': _matrix(acc)}, _CONFIG)
+  # SPD > SMD, JSD = ID, SPD generalises, threshold, JSMA drop:
+  assert [c.verdict for c in got] == ['cannot be tested', 'holds', 'cannot be tested',
+                                      'does not hold', 'does not hold']
+  assert all('SPD 0.500' in c.why and 'SMD 0.500' in c.why for c in got)
+
+
 @pytest.mark.parametrize('dataset, want', [('mnist', 'holds'), ('cifar10', 'does not hold')])
 def test_whitebox_verdicts_follow_the_numbers_and_the_dataset(dataset, want):
   before = {k: (0.9, 0.3) for k in study.DETECTOR_KINDS}
@@ -324,7 +333,6 @@ def test_detectors_refuse_a_directory_claimed_with_other_settings(checkpoint_and
 @pytest.mark.slow
 def test_binary_killed_mid_run_resumes_to_the_same_scores(checkpoint_and_data, tmp_path):
   ckpt, masker, data_dir = checkpoint_and_data
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
 
   def cmd(out, *extra):
     return [sys.executable, 'experiments/detect_adversarial.py', '--preset=smoke',
@@ -333,15 +341,6 @@ def test_binary_killed_mid_run_resumes_to_the_same_scores(checkpoint_and_data, t
             f'--checkpoint={ckpt}', f'--masker={masker}', f'--data_dir={data_dir}',
             f'--output_dir={out}', f'--cache_dir={tmp_path / "cache"}', *extra]
 
-  whole, killed = tmp_path / 'whole', tmp_path / 'killed'
-  proc = subprocess.run(cmd(whole), cwd=_ROOT, env=env, capture_output=True, text=True,
-                        timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  first = detectors.matrix_path(killed, 'spd', 'fgsm', 0)
-  kill_when(cmd(killed), first.exists, cwd=_ROOT, env=env)
-  assert first.exists() and not (killed / 'report.md').exists()
-  proc = subprocess.run(cmd(killed, '--resume'), cwd=_ROOT, env=env, capture_output=True,
-                        text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  assert ((killed / 'detection_scores.csv').read_bytes()
-          == (whole / 'detection_scores.csv').read_bytes())
+  assert_killed_run_resumes_to_the_same_files(
+      cmd, lambda out: detectors.matrix_path(out, 'spd', 'fgsm', 0),
+      ('detection_scores.csv', 'summary.json'), tmp_path=tmp_path, cwd=_ROOT)
