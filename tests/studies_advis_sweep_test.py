@@ -24,7 +24,7 @@ from advsal_jax.studies import catalog
 from advsal_jax.studies import store
 
 from testing_utils import random_study_checkpoint, TinyNet
-from testing_utils import kill_when
+from testing_utils import assert_killed_run_resumes_to_the_same_files
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 B, H, W, C, K = 3, 8, 8, 3, 4
@@ -260,22 +260,12 @@ def test_binary_rejects_checkpoint_and_bad_eps_before_loading(tmp_path):
 @pytest.mark.slow
 def test_binary_killed_mid_run_resumes_to_the_same_tables(checkpoints_and_data, tmp_path):
   names, data_dir = checkpoints_and_data
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
 
   def cmd(out, *extra):
     return [sys.executable, 'experiments/advis_sweep.py', '--preset=smoke', '--num_examples=4',
             f'--models={",".join(names)}', f'--data_dir={data_dir}', f'--output_dir={out}',
             *extra]
 
-  whole, killed = tmp_path / 'whole', tmp_path / 'killed'
-  proc = subprocess.run(cmd(whole), cwd=_ROOT, env=env, capture_output=True, text=True,
-                        timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  first = store.shard_path(killed, study.SWEEP_STAGE, 0)
-  kill_when(cmd(killed), first.exists, cwd=_ROOT, env=env)
-  assert first.exists() and not (killed / 'report.md').exists()
-  proc = subprocess.run(cmd(killed, '--resume'), cwd=_ROOT, env=env, capture_output=True,
-                        text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  for name in ('per_example.csv', 'transfer.csv', 'deepfool.csv'):
-    assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+  assert_killed_run_resumes_to_the_same_files(
+      cmd, lambda out: store.shard_path(out, study.SWEEP_STAGE, 0),
+      ('per_example.csv', 'transfer.csv', 'deepfool.csv'), tmp_path=tmp_path, cwd=_ROOT)

@@ -25,7 +25,7 @@ from advsal_jax.studies import detect_adversarial_report as study_report
 from advsal_jax.studies import store
 
 from testing_utils import random_study_checkpoint, random_study_masker, TinyNet
-from testing_utils import kill_when
+from testing_utils import assert_killed_run_resumes_to_the_same_files
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 B, H, W, C, K = 3, 8, 8, 3, 4
@@ -277,25 +277,15 @@ def test_binary_rejects_bad_flags_before_loading(tmp_path):
 @pytest.mark.slow
 def test_binary_killed_mid_run_resumes_to_the_same_tables(checkpoint_and_data, tmp_path):
   ckpt, masker, data_dir = checkpoint_and_data
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
 
   def cmd(out, *extra):
     return [sys.executable, 'experiments/detect_adversarial.py', '--preset=smoke',
             '--num_examples=4', '--batch_size=2', f'--checkpoint={ckpt}', f'--masker={masker}',
             f'--data_dir={data_dir}', f'--output_dir={out}', '--experiments=shift', *extra]
 
-  whole, killed = tmp_path / 'whole', tmp_path / 'killed'
-  proc = subprocess.run(cmd(whole), cwd=_ROOT, env=env, capture_output=True, text=True,
-                        timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  first = store.shard_path(killed, study.SHIFT_STAGE, 0)
-  kill_when(cmd(killed), first.exists, cwd=_ROOT, env=env)
-  assert first.exists() and not (killed / 'report.md').exists()
-  proc = subprocess.run(cmd(killed, '--resume'), cwd=_ROOT, env=env, capture_output=True,
-                        text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  for name in ('per_example.csv', 'summary.json'):
-    assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+  assert_killed_run_resumes_to_the_same_files(
+      cmd, lambda out: store.shard_path(out, study.SHIFT_STAGE, 0),
+      ('per_example.csv', 'summary.json'), tmp_path=tmp_path, cwd=_ROOT)
 
 
 def _stats(mean, half=0.1, n=50):

@@ -18,7 +18,7 @@ from advsal_jax.studies import catalog
 from advsal_jax.studies import localize_attacks as study
 from advsal_jax.studies import localize_attacks_report as study_report
 from advsal_jax.studies import store
-from testing_utils import kill_when
+from testing_utils import assert_killed_run_resumes_to_the_same_files
 from testing_utils import linear_apply
 from testing_utils import random_study_checkpoint
 
@@ -282,19 +282,10 @@ def _binary(ckpt, data_dir, out, *extra):
 @pytest.mark.slow
 def test_binary_killed_mid_run_resumes_to_the_same_tables(setup, tmp_path):
   _, ckpt, data_dir = setup
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  whole, killed = tmp_path / 'whole', tmp_path / 'killed'
-  proc = subprocess.run(_binary(ckpt, data_dir, whole), cwd=_ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  first = store.shard_path(killed, study.ATTACK_STAGE, 0)
-  kill_when(_binary(ckpt, data_dir, killed), first.exists, cwd=_ROOT, env=env)
-  assert first.exists() and not (killed / 'report.md').exists()
-  proc = subprocess.run(_binary(ckpt, data_dir, killed, '--resume'), cwd=_ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  for name in ('attacks.csv', 'per_example.csv'):
-    assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+  assert_killed_run_resumes_to_the_same_files(
+      lambda out, *extra: _binary(ckpt, data_dir, out, *extra),
+      lambda out: store.shard_path(out, study.ATTACK_STAGE, 0),
+      ('attacks.csv', 'per_example.csv'), tmp_path=tmp_path, cwd=_ROOT, timeout=600)
 
 
 def test_rank_verdicts_follow_the_confidence_intervals():

@@ -4,6 +4,7 @@ Fixtures stay in ``conftest.py``; a test imports these with ``from testing_utils
 """
 
 import functools
+import os
 import pathlib
 import pickle
 import signal
@@ -155,3 +156,31 @@ def kill_when(cmd: Sequence[str], ready: Callable[[], bool], *, cwd: pathlib.Pat
     time.sleep(0.05)
   child.send_signal(signal.SIGKILL)
   child.wait()
+
+
+def assert_killed_run_resumes_to_the_same_files(
+    cmd: Callable[..., list[str]], first: Callable[[pathlib.Path], pathlib.Path],
+    names: Sequence[str], *, tmp_path: pathlib.Path, cwd: pathlib.Path, timeout: float = 900):
+  """A binary killed once ``first(out)`` exists, then resumed, writes ``names`` byte for byte
+  as an uninterrupted run does.
+
+  Args:
+    cmd: ``cmd(output_dir, *extra_flags) -> argv`` of the binary.
+    first: the file whose appearance marks finished work in an output directory.
+    names: result files compared between the two runs.
+    tmp_path: where the two output directories go.
+    cwd: the working directory of the binary.
+    timeout: seconds per run.
+  """
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  whole, killed = tmp_path / 'whole', tmp_path / 'killed'
+  proc = subprocess.run(cmd(whole), cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  kill_when(cmd(killed), first(killed).exists, cwd=cwd, env=env, timeout=timeout)
+  assert first(killed).exists() and not (killed / 'report.md').exists()
+  proc = subprocess.run(cmd(killed, '--resume'), cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  for name in names:
+    assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
