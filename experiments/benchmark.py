@@ -8,11 +8,17 @@ package's on the ``lime`` workload. ``--profile=WORKLOAD`` writes a JAX profiler
 call of that workload to ``<output_dir>/profile``. ``study004_localize`` also reports study
 004's attack stage over ``--localize_batches`` batches: its wall time with the Felzenszwalb
 segmentation overlapped, its compiled work alone, its host work alone and wall/compiled.
+``study000_pipeline`` times study 000's whole per-batch pipeline (and its attack, maps and
+metrics stages compiled apart); with ``--compare_torch`` against the same pipeline written with
+torchattacks, Captum and per-pair scipy/skimage. ``train_classifier``, ``train_masker`` and
+``train_detector`` time one optimizer step of each training loop; with ``--compare_torch``
+against the same architecture, optimizer and batch in PyTorch.
 
 Example (a quick run; the defaults are the full settings):
   python experiments/benchmark.py --batch_size=8 --repeats=1 --smoothgrad_samples=4 \
       --ig_steps=4 --lime_samples=50 --attack_steps=2 --cw_binary_search_steps=1 \
-      --cw_max_iterations=10 --metric_pairs=500 --reference_pairs=50
+      --cw_max_iterations=10 --metric_pairs=500 --reference_pairs=50 --pipeline_batch_size=2 \
+      --train_batch_size=8
 """
 
 from absl import app
@@ -72,11 +78,19 @@ _LOCALIZE_BATCHES = flags.DEFINE_integer(
     'localize_batches', _D.localize_batches,
     'Batches of study 004\'s attack stage study004_localize runs (over the first images of '
     '--batch_size).')
+_PIPELINE_BATCH = flags.DEFINE_integer(
+    'pipeline_batch_size', _D.pipeline_batch_size,
+    'Images per call of study000_pipeline, the first of --batch_size (study 000\'s batch).')
+_TRAIN_BATCH = flags.DEFINE_integer(
+    'train_batch_size', _D.train_batch_size,
+    'Images per step of the training workloads (the batch repeated to fill it); unset: each '
+    'loop\'s default (classifier 128, masker 64, detector 64: study 003\'s).')
 _COMPARE_TORCH = flags.DEFINE_bool(
     'compare_torch', _D.compare_torch,
-    'Also time each workload\'s PyTorch peer (Captum, torchattacks) on the converted model, '
-    'same images and targets, and report JAX/PyTorch (alexnet_cifar only; pip install -e '
-    '".[peers]" and pip install --no-deps torchattacks==3.5.1).')
+    'Also time each workload\'s PyTorch peer (Captum, torchattacks; study000_pipeline: the '
+    'PyTorch stack with scipy/skimage metrics; training: torch.optim steps) on the converted '
+    'model, same images and targets, and report JAX/PyTorch (alexnet_cifar only; pip install '
+    '-e ".[peers]" and pip install --no-deps torchattacks==3.5.1).')
 _COMPARE_LIME = flags.DEFINE_bool(
     'compare_lime', _D.compare_lime,
     'Also time the lime package\'s LimeImageExplainer on the lime workload\'s segments and '
@@ -116,7 +130,8 @@ def main(argv):
       cw_binary_search_steps=_CW_SEARCH.value, cw_max_iterations=_CW_ITERS.value,
       deepfool_max_iter=_DF_ITERS.value, metric_pairs=_PAIRS.value,
       reference_pairs=_REF_PAIRS.value, localize_batch_size=_LOCALIZE_BATCH.value,
-      localize_batches=_LOCALIZE_BATCHES.value, compare_torch=_COMPARE_TORCH.value,
+      localize_batches=_LOCALIZE_BATCHES.value, pipeline_batch_size=_PIPELINE_BATCH.value,
+      train_batch_size=_TRAIN_BATCH.value, compare_torch=_COMPARE_TORCH.value,
       compare_lime=_COMPARE_LIME.value, lime_peer_images=_LIME_PEER_IMAGES.value,
       plain_jit=_PLAIN_JIT.value, profile=_PROFILE.value, xla_defaults=_XLA_DEFAULTS.value)
   out = runner.run(cfg, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value)

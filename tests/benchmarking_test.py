@@ -19,11 +19,15 @@ import numpy as np
 import pytest
 
 from advsal_jax import compilation
+from advsal_jax import models
 from advsal_jax import parallel
 from advsal_jax import saliency
+from advsal_jax import training
 from advsal_jax.benchmarks import config
 from advsal_jax.benchmarks import overlap
 from advsal_jax.benchmarks import runner
+from advsal_jax.benchmarks import study_pipeline
+from advsal_jax.benchmarks import training_steps
 from advsal_jax.benchmarks import workloads
 from advsal_jax.studies import compare_saliency
 from advsal_jax.studies import localize_attacks
@@ -84,6 +88,12 @@ def test_a_record_with_finite_positive_numbers_for_every_workload(full_run):
   for r in records:
     if r['workload'] in saliency.MASKER_METHODS:  # The toy has no masking model.
       assert r['status'] == 'skipped' and 'train_masker' in r['reason'], r
+      continue
+    if r['workload'] == config.PIPELINE_WORKLOAD:  # SSIM's window needs maps of 11 x 11.
+      assert r['status'] == 'skipped' and 'at least win_size' in r['reason'], r
+      continue
+    if r['workload'] in config.TRAIN_WORKLOADS:  # The toy is not a registered model.
+      assert r['status'] == 'skipped' and 'registered models' in r['reason'], r
       continue
     assert r['status'] == 'ok', r
     for field in ('items_per_s', 'median_s', 'compile_s', 'xla_bytes', 'xla_temp_bytes',
@@ -161,6 +171,69 @@ def test_the_timed_stage_is_study_004s_attack_stage(monkeypatch):
   assert ours.keys() == theirs.keys()
   for k in ours:
     np.testing.assert_array_equal(ours[k], theirs[k], err_msg=k)
+
+
+def test_pipeline_is_study_000s_batch_and_its_stages_compose_to_it(tmp_path):
+  module = _GapNet()
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (3, 16, 16, 3)))  # HOG: 16 x 16.
+  subject = workloads.Subject('toy', module.apply, module.init(jax.random.key(0), x),
+                              'features')
+  cfg = config.BenchmarkConfig(workloads=(config.PIPELINE_WORKLOAD,),
+                               **{**_TINY, 'batch_size': 3, 'pipeline_batch_size': 2})
+  (r,) = runner.benchmark(subject, x, cfg, output_dir=tmp_path)
+  assert r['status'] == 'ok' and r['kind'] == 'pipeline', r
+  assert r['items_per_call'] == 2
+  study = compare_saliency.Config()
+  assert r['settings']['targets'] == 2 and r['settings']['metrics'] == list(study.metrics)
+  assert list(r['stage_s']) == list(study_pipeline.STAGES)
+  assert r['stages_sum_s'] == pytest.approx(sum(r['stage_s'].values()))
+  assert all(len(t) == _TINY['repeats'] for t in r['stage_times_s'].values())
+  assert f'**{config.PIPELINE_WORKLOAD}**: study 000' in (tmp_path / 'benchmark.md').read_text()
+  job = runner.build_job(config.PIPELINE_WORKLOAD, subject, jnp.asarray(x),
+                         jnp.zeros(3, jnp.int32), 3, cfg, jax.random.key(0))
+  fused = jax.jit(job.fn)(*job.args)
+  attack, maps, metrics = study_pipeline.stage_fns(
+      subject.apply_fn, study_cfg=study, layer='features', num_classes=3, std=None)
+  params, images, index, eps_u, eps_t = job.args
+  adv = jax.jit(attack)(params, images, eps_u, eps_t)
+  staged = jax.jit(metrics)(jax.jit(maps)(params, images, index, adv))
+  for k, v in staged.items():
+    np.testing.assert_allclose(v, fused[k], atol=1e-5, err_msg=k)
+  np.testing.assert_array_equal(adv['fake_pred'], fused['fake_pred'])
+
+
+def test_training_workloads_time_one_step_and_its_forward_pass(tmp_path):
+  cfg = config.BenchmarkConfig(model='cnn_mnist', random_init=True,
+                               workloads=config.TRAIN_WORKLOADS,
+                               **{**_TINY, 'train_batch_size': 3})
+  records = runner.benchmark(*runner.load_subject(cfg)[:2], cfg, output_dir=tmp_path)
+  assert [r['workload'] for r in records] == list(config.TRAIN_WORKLOADS)
+  for r in records:
+    assert r['status'] == 'ok' and r['kind'] == 'training', r
+    assert r['items_per_call'] == r['settings']['batch_size'] == 3
+    assert r['forward_s'] > 0 and len(r['forward_times_s']) == _TINY['repeats']
+  by_name = {r['workload']: r for r in records}
+  assert by_name['train_classifier']['settings']['augment'] is False  # MNIST.
+  assert by_name['train_masker']['settings']['layers'] == ['conv2', 'conv4']
+  report = (tmp_path / 'benchmark.md').read_text()
+  assert '| workload | batch | JAX images/s | JAX forward / backward+update s |' in report
+  assert '| train_detector | 3 |' in report
+
+
+def test_training_steps_are_the_library_steps():
+  cfg = config.BenchmarkConfig(model='cnn_mnist', random_init=True, train_batch_size=2)
+  subject, x, _ = runner.load_subject(cfg)
+  pred = np.array([3, 5], np.int32)
+  job = runner.build_job('train_classifier', subject, x, pred, 10, cfg, jax.random.key(0))
+  state, xb, yb = job.args
+  np.testing.assert_array_equal(yb, pred)
+  tcfg = job.peer_inputs['train_config']
+  tx = training.make_optimizer(tcfg, training_steps.SCHEDULE_STEPS // tcfg.epochs)
+  ours, _ = jax.jit(job.fn)(*job.args)
+  theirs, _ = jax.jit(lambda s, images, labels: training.train_step(
+      models.create('cnn_mnist'), tx, tcfg, s, images, labels))(state, xb, yb)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_time_stage_times_a_toy_stage_and_leaves_no_files(tmp_path, monkeypatch):
@@ -261,7 +334,8 @@ def test_unknown_workload_raises_before_any_compilation(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('field,value', [('repeats', 0), ('batch_size', 0), ('ig_chunk', -1),
                                          ('cw_max_iterations', 0), ('lime_peer_images', 0),
-                                         ('localize_batches', 0)])
+                                         ('localize_batches', 0), ('pipeline_batch_size', 0),
+                                         ('train_batch_size', 0)])
 def test_bad_counts_name_their_flag(field, value):
   cfg = config.BenchmarkConfig(**{field: value})
   with pytest.raises(ValueError, match=f'--{field} must be'):

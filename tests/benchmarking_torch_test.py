@@ -15,8 +15,11 @@ from advsal_jax import models
 from advsal_jax import saliency
 from advsal_jax.benchmarks import config
 from advsal_jax.benchmarks import runner
+from advsal_jax.benchmarks import study_pipeline
 from advsal_jax.benchmarks import torch_peers
+from advsal_jax.benchmarks import torch_training
 from advsal_jax.benchmarks import workloads
+from advsal_jax.studies import compare_saliency
 
 torch = pytest.importorskip('torch')
 pytest.importorskip('captum')
@@ -135,3 +138,57 @@ def test_benchmark_records_the_pytorch_peers(random_alexnet, tmp_path):
   assert len({row.count(' | ') for row in rows}) == 1  # Every row has every column.
   assert f'- **fgsm**: torchattacks {torchattacks.__version__} FGSM' in report
   assert '; plain jax.jit/PyTorch ' in report
+
+
+@pytest.fixture(scope='module')
+def pipeline_and_training_run(alexnet_cifar, tmp_path_factory):
+  """study000_pipeline and the training workloads with their PyTorch peers, tiny."""
+  pytest.importorskip('torchattacks')
+  out = tmp_path_factory.mktemp('peers')
+  model, variables, _ = alexnet_cifar
+  cfg = config.BenchmarkConfig(batch_size=2, repeats=1, pipeline_batch_size=2,
+                               train_batch_size=4, compare_torch=True,
+                               workloads=(config.PIPELINE_WORKLOAD, *config.TRAIN_WORKLOADS))
+  subject = workloads.Subject('alexnet_cifar', model.apply, variables, 'conv5')
+  records = runner.benchmark(subject, _images(2), cfg, output_dir=out)
+  return {r['workload']: r for r in records}, out
+
+
+def test_pipeline_peer_is_timed_by_stage_and_agrees(pipeline_and_training_run):
+  by_name, out = pipeline_and_training_run
+  r = by_name[config.PIPELINE_WORKLOAD]
+  assert r['status'] == 'ok', r
+  assert r['torch_items_per_s'] > 0 and r['torch_model_calls_per_call'] >= 1
+  assert r['speedup_vs_torch'] == pytest.approx(r['items_per_s'] / r['torch_items_per_s'])
+  assert r['torch_speedup_goal'] == runner.TORCH_GOALS[config.PIPELINE_WORKLOAD] == 1.5
+  assert list(r['torch_stage_s']) == list(study_pipeline.STAGES)
+  assert r['torch_median_s'] == pytest.approx(sum(r['torch_stage_s'].values()))
+  agree = r['torch_agreement']
+  # The same variants but where a gradient within rounding of zero takes another sign.
+  assert agree['attack_pixels_differing'] < 0.01, agree
+  assert agree['fake_pred_agreement'] >= 0.9 and agree['batch_real_pred_agreement'] == 1.0
+  # Captum's maps of the same images and classes; normalised heatmaps in [0, 1].
+  for method in ('grad_cam', 'guided_backprop'):
+    assert agree[f'{method}_max_abs_diff'] < 1e-3, agree
+  # scipy/skimage on the same maps (SmoothGrad's included) against the batched metrics.
+  for name in compare_saliency.Config().metrics:
+    assert agree[f'{name}_max_abs_diff'] < 1e-3, (name, agree)
+  report = (out / 'benchmark.md').read_text()
+  assert f'**{config.PIPELINE_WORKLOAD}**: study 000' in report
+  assert 'The PyTorch stack: ' in report
+
+
+@pytest.mark.parametrize('name', config.TRAIN_WORKLOADS)
+def test_training_peers_take_the_same_step(pipeline_and_training_run, name):
+  by_name, out = pipeline_and_training_run
+  r = by_name[name]
+  assert r['status'] == 'ok', r
+  assert r['items_per_call'] == 4 and r['torch_items_per_s'] > 0
+  assert r['speedup_vs_torch'] == pytest.approx(r['items_per_s'] / r['torch_items_per_s'])
+  assert r['torch_speedup_goal'] == 1.0
+  assert list(r['torch_part_s']) == list(torch_training.PARTS)
+  assert r['torch_model_calls_per_call'] == (2 if name == 'train_masker' else 1)
+  agree = r['torch_agreement']
+  assert agree['loss_abs_diff'] < 1e-4, agree
+  assert agree['param_max_abs_update'] > 0 and agree['update_rel_l2_diff'] < 0.05, agree
+  assert f'| {name} | 4 |' in (out / 'benchmark.md').read_text()

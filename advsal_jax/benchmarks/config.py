@@ -7,10 +7,13 @@ from advsal_jax import attacks
 from advsal_jax import saliency
 
 METRICS_WORKLOAD = 'study000_metrics'
+PIPELINE_WORKLOAD = 'study000_pipeline'
 SWEEP_WORKLOAD = 'study002_sweep'
 LOCALIZE_WORKLOAD = 'study004_localize'
-WORKLOADS = ('forward', *saliency.REGISTRY, *attacks.ATTACKS, METRICS_WORKLOAD, SWEEP_WORKLOAD,
-             LOCALIZE_WORKLOAD)
+TRAIN_WORKLOADS = ('train_classifier', 'train_masker', 'train_detector')
+"""One optimizer step of the classifier, the masking model and a detector."""
+WORKLOADS = ('forward', *saliency.REGISTRY, *attacks.ATTACKS, METRICS_WORKLOAD,
+             PIPELINE_WORKLOAD, SWEEP_WORKLOAD, LOCALIZE_WORKLOAD, *TRAIN_WORKLOADS)
 """Every workload name, in the order they run."""
 
 SINGLE_PASS = ('forward', 'gradient', 'gradient_x_input', 'guided_backprop', 'grad_cam', 'cam',
@@ -53,6 +56,11 @@ class BenchmarkConfig:
       ``study004_localize``.
     localize_batches: batches of that stage ``study004_localize`` runs, over the first
       ``localize_batches * localize_batch_size`` images (fewer when ``batch_size`` is smaller).
+    pipeline_batch_size: images per call of ``study000_pipeline`` (study 000's batch), the
+      first of the batch (fewer when ``batch_size`` is smaller).
+    train_batch_size: images per step of the training workloads; None: each loop's own
+      default (``training.TrainConfig``, ``masker_training.MaskerConfig`` and study 003's
+      ``detector_batch_size``). The batch's images are repeated to fill a larger step.
     compare_torch: also time each workload's PyTorch peer (Captum, torchattacks) on the
       converted model (``torch_peers``; alexnet_cifar only, needs torch installed).
     compare_lime: also time the ``lime`` package on the ``lime`` workload's images, segments
@@ -87,6 +95,8 @@ class BenchmarkConfig:
   reference_pairs: int = 500
   localize_batch_size: int = 8
   localize_batches: int = 4
+  pipeline_batch_size: int = 32
+  train_batch_size: int | None = None
   compare_torch: bool = False
   compare_lime: bool = False
   lime_peer_images: int = 8
@@ -111,11 +121,12 @@ def validate(cfg: BenchmarkConfig) -> tuple[str, ...]:
                      f'got {cfg.profile!r}.')
   for name in ('batch_size', 'repeats', 'smoothgrad_samples', 'ig_steps', 'lime_samples',
                'lime_peer_images', 'metric_pairs', 'reference_pairs', 'localize_batch_size',
-               'localize_batches'):
+               'localize_batches', 'pipeline_batch_size'):
     if getattr(cfg, name) < 1:
       raise ValueError(f'--{name} must be >= 1, got {getattr(cfg, name)}.')
   for name in ('smoothgrad_chunk', 'ig_chunk', 'lime_chunk', 'attack_steps',
-               'cw_binary_search_steps', 'cw_max_iterations', 'deepfool_max_iter'):
+               'cw_binary_search_steps', 'cw_max_iterations', 'deepfool_max_iter',
+               'train_batch_size'):
     value, low = getattr(cfg, name), 0 if name.endswith('_chunk') else 1
     if value is not None and value < low:
       raise ValueError(f'--{name} must be >= {low} or unset, got {value}.')

@@ -127,6 +127,56 @@ def _overlap_summary(r: dict[str, Any]) -> list[str]:
       f'{len(r["wall_times_s"])} runs of each.', '']
 
 
+def _verdict(ratio: float, goal: float) -> str:
+  return f'goal >= {_fmt(goal)}x: {"met" if ratio >= goal else "NOT met"}'
+
+
+def _seconds(parts: dict[str, float]) -> str:
+  return ', '.join(f'{k} {_fmt(v)} s' for k, v in parts.items())
+
+
+def _pipeline_summary(r: dict[str, Any]) -> list[str]:
+  """A whole pipeline's rate, its stages, and the PyTorch stack's when timed."""
+  s = r['settings']
+  line = (f'**{r["workload"]}**: study 000\'s per-batch pipeline on {r["items_per_call"]} '
+          f'images (FGSM at {len(s["untargeted_eps"])} budgets and towards {s["targets"]} '
+          f'targets; {", ".join(s["methods"])} of every image and variant; '
+          f'{", ".join(s["metrics"])} per pair): JAX {_fmt(r["items_per_s"])} images/s as one '
+          f'compiled call ({_fmt(r["median_s"])} s); its stages compiled apart: '
+          f'{_seconds(r["stage_s"])} ({_fmt(r["stages_sum_s"])} s together).')
+  if r.get('torch_items_per_s'):
+    line += (f' The PyTorch stack: {_fmt(r["torch_items_per_s"])} images/s '
+             f'({_fmt(r["torch_median_s"])} s: {_seconds(r["torch_stage_s"])}): JAX/PyTorch '
+             f'**{_fmt(r["speedup_vs_torch"])}x** '
+             f'({_verdict(r["speedup_vs_torch"], r["torch_speedup_goal"])}).')
+  return [line, '']
+
+
+def _training_summary(records: list[dict[str, Any]]) -> list[str]:
+  """A table of the training steps: rates, where the time goes, and the PyTorch steps'."""
+  lines = [
+      '**Training steps** (one optimizer step; *JAX forward* is the same step with '
+      '`optax.set_to_zero()` as the optimizer, whose gradient XLA drops: the forward pass '
+      'with the step\'s input work; the rest of the step is the backward pass and the update):',
+      '', '| workload | batch | JAX images/s | JAX forward / backward+update s | PyTorch '
+      'images/s | PyTorch inputs / forward / backward / update s | JAX/PyTorch |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+  for r in records:
+    if r['status'] != 'ok' or 'forward_s' not in r:
+      continue
+    cells = [r['workload'], str(r['items_per_call']), _fmt(r['items_per_s']),
+             f'{_fmt(r["forward_s"])} / {_fmt(r["median_s"] - r["forward_s"])}']
+    if r.get('torch_items_per_s'):
+      cells += [_fmt(r['torch_items_per_s']),
+                ' / '.join(_fmt(v) for v in r['torch_part_s'].values()),
+                f'**{_fmt(r["speedup_vs_torch"])}x** '
+                f'({_verdict(r["speedup_vs_torch"], r["torch_speedup_goal"])})']
+    else:
+      cells += ['-', '-', '-']
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return [*lines, '']
+
+
 def _metrics_summary(r: dict[str, Any]) -> list[str]:
   verdict = 'met' if r['speedup_vs_reference'] >= r['speedup_goal'] else 'NOT met'
   by_metric = ', '.join(f'{k} {_fmt(v)}' for k, v in r['reference_pairs_per_s_by_metric'].items())
@@ -188,7 +238,7 @@ def _options(options: dict[str, str] | None) -> str:
 def markdown(records: list[dict[str, Any]], config: dict[str, Any],
              env: dict[str, Any]) -> str:
   """The report: one table row per workload, a legend, then the metrics, LIME, study-stage
-  overlap, plain ``jax.jit`` and PyTorch comparisons."""
+  overlap, whole-pipeline, training-step, plain ``jax.jit`` and PyTorch comparisons."""
   columns = _columns(records)
   headers = [h for group in columns for h in group[0]]
   lines = [
@@ -219,6 +269,10 @@ def markdown(records: list[dict[str, Any]], config: dict[str, Any],
       lines += _lime_summary(r)
     if r['status'] == 'ok' and 'wall_over_compiled' in r:
       lines += _overlap_summary(r)
+    if r['status'] == 'ok' and 'stages_sum_s' in r:
+      lines += _pipeline_summary(r)
+  if any(r['status'] == 'ok' and 'forward_s' in r for r in records):
+    lines += _training_summary(records)
   if any('plain_jit' in r for r in records):
     lines += _plain_summary(records)
   if any('torch_tool' in r for r in records):

@@ -10,7 +10,10 @@ also compiled and timed with plain ``jax.jit`` (XLA's default options). The ``li
 gives its time per image over ``num_samples`` forward passes at the ``forward`` workload's
 rate (``time_over_forward_floor``). ``study004_localize`` also times study 004's whole attack
 stage against its compiled and host work alone (``overlap.time_stage``,
-``wall_over_compiled``). ``experiments/benchmark.py`` is the binary.
+``wall_over_compiled``); ``study000_pipeline`` its stages compiled apart (``study_pipeline``),
+its peer the PyTorch stack's pipeline (``torch_pipeline``); the training workloads
+(``training_steps``) their step's forward pass alone, their peers PyTorch's steps
+(``torch_training``). ``experiments/benchmark.py`` is the binary.
 
 Timing: each workload is compiled ahead of time, then its executable runs ``repeats`` times,
 each call blocked until ready; there is no separate untimed call, so with ``repeats >= 3`` the
@@ -40,7 +43,11 @@ from advsal_jax import saliency
 from advsal_jax.benchmarks import config
 from advsal_jax.benchmarks import lime_peer
 from advsal_jax.benchmarks import report
+from advsal_jax.benchmarks import study_pipeline
 from advsal_jax.benchmarks import torch_peers
+from advsal_jax.benchmarks import torch_pipeline
+from advsal_jax.benchmarks import torch_training
+from advsal_jax.benchmarks import training_steps
 from advsal_jax.benchmarks import workloads
 from advsal_jax.studies import store
 
@@ -52,6 +59,9 @@ FORWARD_FLOOR_GOAL = 1.15
 
 OVERLAP_GOAL = 1.15
 """Target bound on a study stage's wall time over its compiled work alone (host work hidden)."""
+
+TORCH_GOALS = {config.PIPELINE_WORKLOAD: 1.5, **{w: 1.0 for w in config.TRAIN_WORKLOADS}}
+"""Target JAX/PyTorch ratio of the whole-pipeline and training workloads."""
 
 
 def load_subject(cfg: config.BenchmarkConfig, *, data_dir: str | None = None
@@ -226,6 +236,31 @@ def _lime_package(job: workloads.Job, subject: workloads.Subject, x: jax.Array,
                            options=options)
 
 
+def build_job(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.Array,
+              num_classes: int, cfg: config.BenchmarkConfig, key: jax.Array) -> workloads.Job:
+  """The job of any workload of ``config.WORKLOADS`` (``workloads``, ``study_pipeline``,
+  ``training_steps``).
+
+  Raises:
+    workloads.NotApplicable: the workload does not apply to this model.
+  """
+  if name == config.PIPELINE_WORKLOAD:
+    return study_pipeline.build_job(subject, x, num_classes, cfg)
+  if name in config.TRAIN_WORKLOADS:
+    return training_steps.build_job(name, subject, x, pred, cfg, key)
+  return workloads.build_job(name, subject, x, pred, num_classes, cfg, key)
+
+
+def _torch_peer(peers: torch_peers.TorchPeers, name: str, job: workloads.Job
+                ) -> tuple[Callable[[Any], None], Callable[[int], dict[str, Any]]]:
+  """``(keep, compare)`` of workload ``name``'s PyTorch peer."""
+  if name == config.PIPELINE_WORKLOAD:
+    return torch_pipeline.prepare(peers, job)
+  if name in config.TRAIN_WORKLOADS:
+    return torch_training.prepare(name, peers, job)
+  return peers.prepare(name, job.settings)
+
+
 def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.Array,
                  num_classes: int, cfg: config.BenchmarkConfig, key: jax.Array, *,
                  peers: torch_peers.TorchPeers | None = None,
@@ -251,24 +286,27 @@ def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.
     The workload's record: ``status`` 'ok' with the numbers of ``measure`` plus
     ``process_max_rss_bytes`` (the process high-water mark after it) and
     ``process_max_rss_growth_bytes`` (how much this workload raised it), or 'skipped' with
-    ``reason``. With ``peers`` also the ``torch_*`` entries of
-    ``TorchPeers.prepare`` and ``speedup_vs_torch`` (JAX items/s over PyTorch items/s).
+    ``reason``. With ``peers`` also the ``torch_*`` entries of the peer's ``compare``
+    (``TorchPeers.prepare``, ``torch_pipeline.prepare``, ``torch_training.prepare``) and
+    ``speedup_vs_torch`` (JAX items/s over PyTorch items/s), with ``torch_speedup_goal``
+    for the workloads of ``TORCH_GOALS``.
     With ``cfg.plain_jit``, for ``config.SINGLE_PASS`` workloads compiled with options,
     ``plain_jit`` (``plain_jit``'s entries) and ``speedup_vs_plain_jit``. With
     ``cfg.compare_lime``, for ``lime``, the ``lime_package_*`` entries of
-    ``lime_peer.compare`` and ``speedup_vs_lime_package``. For a job with a ``stage``,
-    ``overlap.time_stage``'s entries and ``overlap_goal``. With ``trace_dir``,
+    ``lime_peer.compare`` and ``speedup_vs_lime_package``. For a job with a ``stage``, its
+    entries (``overlap.time_stage``'s and ``overlap_goal``, ``study_pipeline.time_stages``'s,
+    ``training_steps.time_forward``'s). With ``trace_dir``,
     ``profile_dir``.
   """
   record: dict[str, Any] = {'workload': name, 'kind': workloads.kind(name)}
   rss_before = max_rss_bytes()
   try:
-    job = workloads.build_job(name, subject, x, pred, num_classes, cfg, key)
+    job = build_job(name, subject, x, pred, num_classes, cfg, key)
   except workloads.NotApplicable as e:
     return {**record, 'status': 'skipped', 'reason': str(e)}
   compare = None
   if peers is not None:
-    keep, compare = peers.prepare(name, job.settings)
+    keep, compare = _torch_peer(peers, name, job)
     job = dataclasses.replace(job, check=_keeping(job.check, keep))
   kept: dict[str, Any] = {}
   job = dataclasses.replace(job, check=_keeping(job.check, lambda out: kept.update(output=out)))
@@ -281,7 +319,9 @@ def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.
   if trace_dir is not None:
     record['profile_dir'] = str(trace_dir)
   if job.stage is not None:
-    record.update(job.stage(cfg.repeats, job_options), overlap_goal=OVERLAP_GOAL)
+    record.update(job.stage(cfg.repeats, job_options))
+    if 'wall_over_compiled' in record:
+      record['overlap_goal'] = OVERLAP_GOAL
   if cfg.plain_jit and job_options and name in config.SINGLE_PASS:
     record['plain_jit'] = plain_jit(job, cfg.repeats, kept['output'])
     record['speedup_vs_plain_jit'] = record['items_per_s'] / record['plain_jit']['items_per_s']
@@ -294,6 +334,8 @@ def run_workload(name: str, subject: workloads.Subject, x: jax.Array, pred: jax.
     record.update(compare(cfg.repeats))
     if record.get('torch_items_per_s'):
       record['speedup_vs_torch'] = record['items_per_s'] / record['torch_items_per_s']
+      if name in TORCH_GOALS:
+        record['torch_speedup_goal'] = TORCH_GOALS[name]
       if 'plain_jit' in record:
         record['plain_jit']['speedup_vs_torch'] = (record['plain_jit']['items_per_s']
                                                    / record['torch_items_per_s'])

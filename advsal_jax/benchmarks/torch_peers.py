@@ -35,6 +35,7 @@ import numpy as np
 from advsal_jax import attacks
 from advsal_jax import models
 from advsal_jax import saliency
+from advsal_jax.benchmarks import config
 from advsal_jax.types import Params
 
 PEERS: dict[str, str] = {
@@ -64,11 +65,19 @@ _ELEMENTWISE = frozenset({'forward', 'gradient', 'guided_backprop', 'grad_cam',
 # 'riemann_trapezoid' uses other nodes than our 'trapezoid').
 _IG_METHODS = {'riemann_left': 'riemann_left', 'riemann_right': 'riemann_right',
                'riemann_midpoint': 'riemann_middle'}
+# models.ConvBlock's BatchNorm momentum, flax's convention (the running average keeps 0.9 of
+# itself); torch's momentum is the weight of the new batch, 1 - 0.9.
+_BN_MOMENTUM = 0.9
 _TORCHATTACKS_HINT = ('pip install --no-deps torchattacks==3.5.1 (it imports neither of its '
                       'declared torchvision/requests requirements)')
 
 
-def _import_torch():
+def import_torch() -> Any:
+  """The torch module.
+
+  Raises:
+    ImportError: PyTorch is not installed (the message says how to install it).
+  """
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -77,14 +86,9 @@ def _import_torch():
 
 
 def to_torch(model_name: str, variables: Params) -> Any:
-  """An eval-mode ``torch.nn.Module`` computing the same logits as the flax model.
+  """An eval-mode ``torch.nn.Module`` computing the same logits as registered model ``model_name``.
 
-  The module takes NCHW float32 images in [0, 1] (torchattacks' convention) and normalises
-  them per channel inside, as the flax models do. Conv kernels HWIO become OIHW, BatchNorm
-  uses the running statistics and flax's epsilon, the first dense kernel is permuted from
-  flax's NHWC flatten order to torch's NCHW one, and every ReLU is its own ``nn.ReLU``
-  module (Captum's GuidedBackprop hooks ReLU modules). The post-ReLU output of stage ``k``
-  is the submodule ``conv{k}``, the layer of the flax model's ``conv{k}``.
+  ``convert`` of ``models.create(model_name)``.
 
   Args:
     model_name: registered model name; only 'alexnet_cifar' is supported.
@@ -101,7 +105,36 @@ def to_torch(model_name: str, variables: Params) -> Any:
   if type(flax_model) is not models.AlexNetCifar:  # pylint: disable=unidiomatic-typecheck
     raise ValueError(f'--compare_torch converts only alexnet_cifar (AlexNetCifar) to PyTorch, '
                      f'got model {model_name!r}; other architectures have no converter.')
-  torch = _import_torch()
+  return convert(flax_model, variables)
+
+
+def convert(flax_model: models.AlexNetCifar, variables: Params) -> Any:
+  """An eval-mode ``torch.nn.Module`` computing the same logits as an ``AlexNetCifar``.
+
+  The module takes NCHW float32 inputs (images in [0, 1], torchattacks' convention) and
+  normalises them per channel inside with the flax model's ``mean`` and ``std``, as the flax
+  models do. Conv kernels HWIO become OIHW, BatchNorm uses the running statistics and
+  flax's epsilon and momentum (``.train()`` gives flax's ``train=True``), the first dense
+  kernel is permuted from flax's NHWC flatten order to torch's NCHW one, and every ReLU is
+  its own ``nn.ReLU`` module (Captum's GuidedBackprop hooks ReLU modules). The post-ReLU
+  output of stage ``k`` is the submodule ``conv{k}``, the layer of the flax model's
+  ``conv{k}``. Any input channel count and number of classes (a detector's) converts.
+
+  Args:
+    flax_model: an ``AlexNetCifar`` (e.g. ``models.create('alexnet_cifar')`` or
+      ``detection.create_detector('alexnet_cifar', channels)``).
+    variables: its flax variables (``params`` and ``batch_stats``).
+
+  Returns:
+    A ``torch.nn.Sequential`` in eval mode: ``module(x f32[B,C,H,W]) -> f32[B,K]``.
+
+  Raises:
+    ValueError: ``flax_model`` is not an ``AlexNetCifar``.
+    ImportError: PyTorch is not installed.
+  """
+  if type(flax_model) is not models.AlexNetCifar:  # pylint: disable=unidiomatic-typecheck
+    raise ValueError(f'only AlexNetCifar converts to PyTorch, got {type(flax_model).__name__}.')
+  torch = import_torch()
   tnn = torch.nn
   params, stats = variables['params'], variables['batch_stats']
   epsilon = nn.BatchNorm.epsilon  # ConvBlock keeps flax's default.
@@ -129,7 +162,7 @@ def to_torch(model_name: str, variables: Params) -> Any:
     conv = tnn.Conv2d(kernel.shape[2], kernel.shape[3], kernel.shape[:2],
                       padding=kernel.shape[0] // 2, bias=False)  # 'SAME' for odd 3x3.
     conv.weight.data = tensor(kernel, 3, 2, 0, 1)
-    bn = tnn.BatchNorm2d(kernel.shape[3], eps=epsilon)
+    bn = tnn.BatchNorm2d(kernel.shape[3], eps=epsilon, momentum=1 - _BN_MOMENTUM)
     bn.weight.data = tensor(params[name]['bn']['scale'])
     bn.bias.data = tensor(params[name]['bn']['bias'])
     bn.running_mean.data = tensor(stats[name]['bn']['mean'])
@@ -203,23 +236,25 @@ class TorchPeers:
         start draw from.
 
     Raises:
-      ImportError: torch, captum or (for attack workloads) torchattacks missing.
+      ImportError: torch, captum or (for attack workloads and ``study000_pipeline``)
+        torchattacks missing.
       ValueError: a model other than alexnet_cifar.
     """
     self.module = to_torch(model_name, variables)
-    torch = self._torch = _import_torch()
+    torch = self._torch = import_torch()
     try:
       import captum.attr  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError("--compare_torch needs captum: pip install -e '.[peers]'.") from e
     self._captum = captum.attr
     self._ta = None
-    if any(w in attacks.ATTACKS and w in PEERS for w in workloads):
+    if (any(w in attacks.ATTACKS and w in PEERS for w in workloads)
+        or config.PIPELINE_WORKLOAD in workloads):
       try:
         import torchattacks  # pylint: disable=g-import-not-at-top
       except ImportError as e:
-        raise ImportError(f'--compare_torch with attack workloads needs torchattacks: '
-                          f'{_TORCHATTACKS_HINT}.') from e
+        raise ImportError(f'--compare_torch with attack or pipeline workloads needs '
+                          f'torchattacks: {_TORCHATTACKS_HINT}.') from e
       self._ta = torchattacks
     self.versions = versions()
     torch.set_num_threads(os.cpu_count() or 1)

@@ -3,12 +3,14 @@
 One *workload* is one jitted call on a batch: ``forward``, each saliency method of
 ``saliency.REGISTRY`` (called through ``saliency.explain``), each attack of
 ``attacks.ATTACKS``, ``study000_metrics`` (the maps-similarity metrics of study 000 on
-pairs of random maps, also timed against the per-pair scipy/skimage reference) and
+pairs of random maps, also timed against the per-pair scipy/skimage reference),
+``study000_pipeline`` (study 000's whole per-batch pipeline, built by ``study_pipeline``),
 ``study002_sweep`` (study 002's whole per-batch pipeline on the one model: FGSM at its six
 budgets, top-5 as is and cropped, Grad-CAM, GBVS, DeepFool and every measurement) and
 ``study004_localize`` (study 004's attack stage: Felzenszwalb segmentation on the host, the
 region attacks compiled; its call is one batch, and the whole stage over a few batches is
-also timed against its compiled and host work alone, ``overlap.time_stage``).
+also timed against its compiled and host work alone, ``overlap.time_stage``); the training
+workloads' jobs are built by ``training_steps``.
 """
 
 import dataclasses
@@ -38,10 +40,10 @@ from advsal_jax.types import ApplyFn, Params
 MAP_SHAPE = (32, 32)
 # The parameters of the metrics parity tests (tests/metrics_ssim_test.py 'wang2004',
 # tests/metrics_hog_test.py _STUDY), i.e. what compare_saliency.METRICS computes.
-_SSIM_KWARGS = dict(data_range=1.0, gaussian_weights=True, sigma=1.5,
-                    use_sample_covariance=False)
-_HOG_KWARGS = dict(orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2),
-                   block_norm='L2-Hys')
+SSIM_KWARGS = dict(data_range=1.0, gaussian_weights=True, sigma=1.5,
+                   use_sample_covariance=False)
+HOG_KWARGS = dict(orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2),
+                  block_norm='L2-Hys')
 _ITERATIVE = ('bim', 'pgd', 'mim')
 
 
@@ -79,8 +81,11 @@ class Job:
       the record too.
     per_example: the per-example arrays among ``args`` by name (LIME's ``segments``), for
       the peers.
-    stage: optional ``stage(repeats, options) -> dict`` timing a whole study stage with its
-      host work (``overlap.time_stage``), merged into the record.
+    stage: optional ``stage(repeats, options) -> dict`` of further timings merged into the
+      record: a whole study stage with its host work (``overlap.time_stage``), a pipeline's
+      parts compiled apart, a training step without its gradient.
+    peer_inputs: what the workload's PyTorch peer needs beyond ``settings`` (the study's
+      settings, the initial training state), not recorded.
   """
   fn: Callable[..., Any]
   args: tuple[Any, ...]
@@ -90,6 +95,7 @@ class Job:
   check: Callable[[Any], dict[str, Any]] | None = None
   per_example: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
   stage: Callable[[int, dict[str, str] | None], dict[str, Any]] | None = None
+  peer_inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class NotApplicable(Exception):
@@ -196,12 +202,12 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:
-  return skimage.metrics.structural_similarity(a, b, **_SSIM_KWARGS)
+  return skimage.metrics.structural_similarity(a, b, **SSIM_KWARGS)
 
 
 def _hog_pearson(a: np.ndarray, b: np.ndarray) -> float:
-  return np.corrcoef(skimage.feature.hog(a, **_HOG_KWARGS),
-                     skimage.feature.hog(b, **_HOG_KWARGS))[0, 1]
+  return np.corrcoef(skimage.feature.hog(a, **HOG_KWARGS),
+                     skimage.feature.hog(b, **HOG_KWARGS))[0, 1]
 
 
 REFERENCE_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -317,13 +323,15 @@ def _localize_job(subject: Subject, x: jax.Array, pred: jax.Array,
 
 
 def kind(name: str) -> str:
-  """'forward', 'saliency', 'attack', 'metrics' or 'pipeline'."""
+  """'forward', 'saliency', 'attack', 'metrics', 'pipeline' or 'training'."""
   if name in saliency.REGISTRY:
     return 'saliency'
   if name in attacks.ATTACKS:
     return 'attack'
-  if name in (config.SWEEP_WORKLOAD, config.LOCALIZE_WORKLOAD):
+  if name in (config.PIPELINE_WORKLOAD, config.SWEEP_WORKLOAD, config.LOCALIZE_WORKLOAD):
     return 'pipeline'
+  if name in config.TRAIN_WORKLOADS:
+    return 'training'
   return 'metrics' if name == config.METRICS_WORKLOAD else 'forward'
 
 
@@ -331,8 +339,12 @@ def build_job(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num_cl
               cfg: config.BenchmarkConfig, key: jax.Array) -> Job:
   """The job of workload ``name`` on ``subject``'s batch ``x`` and predictions ``pred``.
 
+  ``study000_pipeline`` and the training workloads are built by ``study_pipeline`` and
+  ``training_steps`` (``runner.build_job`` builds any workload).
+
   Raises:
     NotApplicable: the workload does not apply to this model.
+    KeyError: a workload built elsewhere.
   """
   if name in saliency.REGISTRY:
     return _saliency_job(name, subject, x, pred, cfg, key)
@@ -344,4 +356,6 @@ def build_job(name: str, subject: Subject, x: jax.Array, pred: jax.Array, num_cl
     return _sweep_job(subject, x, pred, cfg)
   if name == config.LOCALIZE_WORKLOAD:
     return _localize_job(subject, x, pred, cfg)
-  return _forward_job(subject, x)
+  if name == 'forward':
+    return _forward_job(subject, x)
+  raise KeyError(f'workload {name!r} is not built here; see runner.build_job.')

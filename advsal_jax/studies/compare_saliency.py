@@ -143,11 +143,115 @@ def _maps(apply_fn, params, method, x, target, keys, cfg, layer, input_std):
   return saliency.heatmap(attr, family), paper_maps(attr, family, input_std)
 
 
+def attack_variants(apply_fn: ApplyFn, params: Params, x: jax.Array, eps_untargeted: jax.Array,
+                    eps_targeted: jax.Array, *, num_classes: int) -> dict[str, jax.Array]:
+  """The pipeline's attack stage: every FGSM variant of a batch and the model's view of it.
+
+  Variant ``v < E`` is untargeted FGSM at budget ``eps_untargeted[v]``; the other ``K - 1``
+  are targeted FGSM at ``eps_targeted`` towards ``(real_pred + v - E + 1) % K``.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
+    params: model variables.
+    x: f32[B,H,W,C] in [0, 1].
+    eps_untargeted: f32[E,C] pixel-space budgets per channel.
+    eps_targeted: f32[C].
+    num_classes: K.
+
+  Returns:
+    ``real_pred`` int32[B], ``x_adv`` f32[V,B,H,W,C] (V = E + K - 1), ``fake_pred``/``target``
+    int32[V,B] (target -1 for the untargeted variants), ``success`` bool[V,B] and
+    ``linf``/``l2`` f32[V,B].
+  """
+  b = x.shape[0]
+  real = apply_fn(params, x).argmax(-1)
+
+  def untargeted(eps):
+    return attacks.fgsm(apply_fn, params, x, real, eps=eps.reshape(1, 1, 1, -1))
+
+  offsets = jnp.arange(1, num_classes)
+  targets = (real[None, :] + offsets[:, None]) % num_classes  # [K-1, B]
+
+  def targeted(tgt):
+    return attacks.fgsm(apply_fn, params, x, tgt, targeted=True,
+                        eps=eps_targeted.reshape(1, 1, 1, -1))
+
+  x_adv = jnp.concatenate([jax.vmap(untargeted)(eps_untargeted), jax.vmap(targeted)(targets)])
+  v = x_adv.shape[0]
+  fake = apply_fn(params, x_adv.reshape(v * b, *x.shape[1:])).argmax(-1).reshape(v, b)
+  target = jnp.concatenate([jnp.full((eps_untargeted.shape[0], b), -1, real.dtype), targets])
+  success = jnp.where(target < 0, fake != real[None], fake == target)
+  delta = (x_adv - x[None]).reshape(v * b, -1)
+  return {'real_pred': real, 'x_adv': x_adv, 'fake_pred': fake, 'target': target,
+          'success': success, 'linf': metrics.linf_norm(delta).reshape(v, b),
+          'l2': metrics.l2_norm(delta).reshape(v, b)}
+
+
+def variant_maps(apply_fn: ApplyFn, params: Params, x: jax.Array, x_adv: jax.Array,
+                 real_pred: jax.Array, fake_pred: jax.Array, keys: jax.Array, *, cfg: Config,
+                 layer: str, input_std: tuple[float, ...] | None = None
+                 ) -> dict[str, dict[str, jax.Array]]:
+  """The pipeline's maps stage: each method's maps of the clean images and of every variant.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
+    params: model variables.
+    x: f32[B,H,W,C] in [0, 1].
+    x_adv: f32[V,B,H,W,C] its variants (``attack_variants``).
+    real_pred: int32[B] the classes explained on ``x``.
+    fake_pred: int32[V,B] the classes explained on ``x_adv``.
+    keys: typed PRNG keys [B] of the stochastic methods, one per image (its variants reuse it).
+    cfg: the run's settings (``methods``, ``method_kwargs``).
+    layer: the Grad-CAM/CAM layer.
+    input_std: the model's normalisation std per channel, for ``paper_maps`` (default 1).
+
+  Returns:
+    ``maps[method]``: ``clean`` f32[B,H,W] and ``adv`` f32[V*B,H,W] normalised heatmaps
+    (``saliency.heatmap``), ``clean_paper`` and ``adv_paper`` their ``paper_maps``.
+  """
+  v, b = x_adv.shape[:2]
+  std = np.ones(x.shape[-1], np.float32) if input_std is None else np.asarray(input_std,
+                                                                            np.float32)
+  flat = x_adv.reshape(v * b, *x.shape[1:])
+  maps = {}
+  for method in cfg.methods:
+    clean, clean_paper = _maps(apply_fn, params, method, x, real_pred, keys, cfg, layer, std)
+    adv, adv_paper = _maps(apply_fn, params, method, flat, fake_pred.reshape(-1),
+                           jnp.tile(keys, v), cfg, layer, std)
+    maps[method] = {'clean': clean, 'clean_paper': clean_paper, 'adv': adv,
+                    'adv_paper': adv_paper}
+  return maps
+
+
+def pair_metrics(maps: dict[str, dict[str, jax.Array]], *, cfg: Config) -> dict[str, jax.Array]:
+  """The pipeline's metrics stage: the similarity of every (clean, variant) pair of maps.
+
+  Args:
+    maps: ``variant_maps``'s output: per method ``clean``/``clean_paper`` [B, ...] and
+      ``adv``/``adv_paper`` [V*B, ...].
+    cfg: the run's settings (``metrics``).
+
+  Returns:
+    ``<method>/<metric>`` f32[V,B] for every method of ``maps`` and metric of ``cfg``.
+  """
+  out = {}
+  for method, m in maps.items():
+    b = m['clean'].shape[0]
+    v = m['adv'].shape[0] // b
+    for name in cfg.metrics:
+      a, c = ((m['adv_paper'], m['clean_paper']) if name in PAPER_METRICS
+              else (m['adv'], m['clean']))
+      fn = PAPER_METRICS.get(name) or METRICS[name]
+      c = jnp.broadcast_to(c[None], (v, *c.shape)).reshape(a.shape)
+      out[f'{method}/{name}'] = fn(c, a).reshape(v, b)
+  return out
+
+
 def compare_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Array,
                   eps_untargeted: jax.Array, eps_targeted: jax.Array, *,
                   cfg: Config, layer: str, num_classes: int,
                   input_std: tuple[float, ...] | None = None) -> dict[str, jax.Array]:
-  """The whole per-batch pipeline.
+  """The whole per-batch pipeline: ``attack_variants``, ``variant_maps``, ``pair_metrics``.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits f32[B,K]``.
@@ -165,42 +269,13 @@ def compare_batch(apply_fn: ApplyFn, params: Params, x: jax.Array, index: jax.Ar
     ``real_pred`` int32[B], ``fake_pred``/``target`` int32[V,B], ``success`` bool[V,B],
     ``linf``/``l2`` f32[V,B], and ``<method>/<metric>`` f32[V,B] for every pair.
   """
-  b = x.shape[0]
-  real = apply_fn(params, x).argmax(-1)
-
-  def untargeted(eps):
-    return attacks.fgsm(apply_fn, params, x, real, eps=eps.reshape(1, 1, 1, -1))
-
-  offsets = jnp.arange(1, num_classes)
-  targets = (real[None, :] + offsets[:, None]) % num_classes  # [K-1, B]
-
-  def targeted(tgt):
-    return attacks.fgsm(apply_fn, params, x, tgt, targeted=True,
-                        eps=eps_targeted.reshape(1, 1, 1, -1))
-
-  x_adv = jnp.concatenate([jax.vmap(untargeted)(eps_untargeted), jax.vmap(targeted)(targets)])
-  v = x_adv.shape[0]
-  flat = x_adv.reshape(v * b, *x.shape[1:])
-  fake = apply_fn(params, flat).argmax(-1).reshape(v, b)
-  target = jnp.concatenate([jnp.full((len(cfg.untargeted_eps), b), -1, real.dtype), targets])
-  success = jnp.where(target < 0, fake != real[None], fake == target)
-  delta = (x_adv - x[None]).reshape(v * b, -1)
-  out = {'real_pred': real, 'fake_pred': fake, 'target': target, 'success': success,
-         'linf': metrics.linf_norm(delta).reshape(v, b),
-         'l2': metrics.l2_norm(delta).reshape(v, b)}
-  std = np.ones(x.shape[-1], np.float32) if input_std is None else np.asarray(input_std,
-                                                                            np.float32)
-  keys = runner.example_keys(cfg.seed, index)
-  for method in cfg.methods:
-    clean, clean_paper = _maps(apply_fn, params, method, x, real, keys, cfg, layer, std)
-    adv, adv_paper = _maps(apply_fn, params, method, flat, fake.reshape(-1),
-                           jnp.tile(keys, v), cfg, layer, std)
-    for name in cfg.metrics:
-      a, c = (adv_paper, clean_paper) if name in PAPER_METRICS else (adv, clean)
-      fn = PAPER_METRICS.get(name) or METRICS[name]
-      c = jnp.broadcast_to(c[None], (v, *c.shape)).reshape(a.shape)
-      out[f'{method}/{name}'] = fn(c, a).reshape(v, b)
-  return out
+  out = attack_variants(apply_fn, params, x, eps_untargeted, eps_targeted,
+                        num_classes=num_classes)
+  x_adv = out.pop('x_adv')
+  maps = variant_maps(apply_fn, params, x, x_adv, out['real_pred'], out['fake_pred'],
+                      runner.example_keys(cfg.seed, index), cfg=cfg, layer=layer,
+                      input_std=input_std)
+  return {**out, **pair_metrics(maps, cfg=cfg)}
 
 
 def make_step(apply_fn: ApplyFn, mesh: jax.sharding.Mesh, *, cfg: Config, layer: str,
