@@ -37,16 +37,9 @@ TOP_K = 5
 
 
 def import_lime_image() -> Any:
-  """The package's ``lime.lime_image`` module.
-
-  Raises:
-    ImportError: lime is not installed (the message says how to install it).
-  """
-  try:
-    from lime import lime_image  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError("--compare_lime needs the lime package: pip install -e '.[peers]'.") from e
-  return lime_image
+  """The package's ``lime.lime_image`` module (``torch_peers.import_peer`` for --compare_lime)."""
+  return torch_peers.import_peer('lime.lime_image', flag='--compare_lime',
+                                 what='the lime package')
 
 
 def classifier(apply_fn: ApplyFn, params: Params, channels: int, *,

@@ -22,6 +22,7 @@ registry's torchvision builds do not load beside the CPU build of torch.
 """
 
 import collections
+import importlib
 import inspect
 import os
 import statistics
@@ -72,17 +73,26 @@ _TORCHATTACKS_HINT = ('pip install --no-deps torchattacks==3.5.1 (it imports nei
                       'declared torchvision/requests requirements)')
 
 
-def import_torch() -> Any:
-  """The torch module.
+def import_peer(module: str, *, flag: str, what: str) -> Any:
+  """A peer's module, imported when its comparison runs (peers are an optional extra).
+
+  Args:
+    module: e.g. 'torch' or 'lime.lime_image'.
+    flag: the benchmark flag that needs it, for the message.
+    what: the package's name in the message.
 
   Raises:
-    ImportError: PyTorch is not installed (the message says how to install it).
+    ImportError: not installed (the message names ``flag`` and how to install it).
   """
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(module)
   except ImportError as e:
-    raise ImportError("--compare_torch needs PyTorch: pip install -e '.[peers]'.") from e
-  return torch
+    raise ImportError(f"{flag} needs {what}: pip install -e '.[peers]'.") from e
+
+
+def import_torch() -> Any:
+  """The torch module (``import_peer`` for --compare_torch)."""
+  return import_peer('torch', flag='--compare_torch', what='PyTorch')
 
 
 def to_torch(model_name: str, variables: Params) -> Any:
