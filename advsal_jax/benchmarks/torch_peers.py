@@ -85,6 +85,7 @@ def import_peer(module: str, *, flag: str, what: str) -> Any:
     ImportError: not installed (the message names ``flag`` and how to install it).
   """
   try:
+    importlib.import_module(module.partition('.')[0])  # A blocked package hides its modules.
     return importlib.import_module(module)
   except ImportError as e:
     raise ImportError(f"{flag} needs {what}: pip install -e '.[peers]'.") from e

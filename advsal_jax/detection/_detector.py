@@ -12,6 +12,7 @@ signed gradients) and without its [0, 1] input check.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
@@ -251,8 +252,11 @@ def _train_step(state: tuple[Params, Any], inputs: jax.Array, labels: jax.Array,
   return ({**variables, **updates, 'params': params}, opt_state), loss
 
 
-_compiled_train_step = compilation.jit(_train_step, static_argnames=('apply_fn', 'optimizer'),
-                                       donate_argnums=0)
+@functools.cache
+def _compiled_train_step() -> Callable[..., Any]:
+  """``_train_step`` compiled (built on first use: compiling options query the backend)."""
+  return compilation.jit(_train_step, static_argnames=('apply_fn', 'optimizer'),
+                         donate_argnums=0)
 
 DEFAULT_OPTIMIZER = optax.adam(1e-3)
 """``train_detector``'s optimizer: Adam with the standard settings, as paper 003."""
@@ -312,7 +316,7 @@ def train_detector(apply_fn: ApplyFn, variables: Params, inputs: jax.typing.Arra
   inputs, labels = jnp.asarray(inputs, jnp.float32), jnp.asarray(labels, jnp.int32)
   steps = n // batch_size
   concrete = _checks.is_concrete(*jax.tree.leaves((inputs, labels, key, variables)))
-  step = _compiled_train_step if concrete else _train_step
+  step = _compiled_train_step() if concrete else _train_step
   # The compiled step donates its state: work on a copy so the caller's variables stay valid.
   state = (jax.tree.map(jnp.array, variables), optimizer.init(variables['params']))
   losses = []
