@@ -359,6 +359,19 @@ def _slope_ci(correct, grid, seed=0):
   return np.percentile(slopes, [2.5, 97.5])
 
 
+@pytest.mark.parametrize('n_success,n_failed', [(1, 1), (7, 3), (40, 65)])
+def test_rank_biserial_matches_the_pairwise_signs_and_scipy(n_success, n_failed):
+  rng = np.random.default_rng(n_success)
+  # Small integers: many ties within and across the groups.
+  s = rng.integers(0, 5, n_success).astype(float)
+  f = rng.integers(0, 5, n_failed).astype(float)
+  brute = np.sign(s[:, None] - f[None, :]).mean()
+  assert study_summary.rank_biserial(s, f) == pytest.approx(brute, abs=1e-12)
+  if min(n_success, n_failed) > 1:
+    assert study_summary.rank_biserial(s, f) == pytest.approx(
+        metrics.mann_whitney_u(s, f).rank_biserial, abs=1e-12)
+
+
 def test_random_baseline_is_statistically_flat():
   # Images i.i.d. uniform and a noise fill: replacing random pixels by fresh uniform noise
   # leaves the image distribution unchanged, so a flat random curve is the right answer.
