@@ -222,6 +222,26 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, Any], Any
   return {'median_s': statistics.median(times), 'times_s': times}, output
 
 
+def warm_up(module: Any, fn: Callable[[], Any]) -> tuple[int, float]:
+  """One untimed call of ``fn`` that counts the calls of ``module`` (a ``torch.nn.Module``).
+
+  Returns:
+    ``(model calls per call of fn, seconds the call took)``.
+  """
+  calls = [0]
+
+  def count(*_):
+    calls[0] += 1
+
+  hook = module.register_forward_pre_hook(count)
+  try:
+    start = time.perf_counter()
+    fn()
+    return calls[0], time.perf_counter() - start
+  finally:
+    hook.remove()
+
+
 def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
   return {k: p.default for k, p in inspect.signature(fn).parameters.items()
           if p.default is not inspect.Parameter.empty}
@@ -428,21 +448,10 @@ class TorchPeers:
       kept['output'] = np.asarray(output)
 
     def compare(repeats: int) -> dict[str, Any]:
-      calls = [0]
-
-      def count(*_):
-        calls[0] += 1
-
-      hook = self.module.register_forward_pre_hook(count)
-      try:
-        start = time.perf_counter()
-        peer()
-        warmup = time.perf_counter() - start
-      finally:
-        hook.remove()
+      calls, warmup = warm_up(self.module, peer)
       timing, output = time_calls(peer, repeats)
       record = {'torch_tool': f'{tool} (torch {self.versions["torch"]})',
-                'torch_settings': peer_settings, 'torch_model_calls_per_call': calls[0],
+                'torch_settings': peer_settings, 'torch_model_calls_per_call': calls,
                 **{f'torch_{k}': v for k, v in timing.items()}, 'torch_warmup_s': warmup,
                 'torch_items_per_s': self._x.shape[0] / timing['median_s'],
                 'loadavg_1min': os.getloadavg()[0]}

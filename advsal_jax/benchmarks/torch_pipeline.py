@@ -362,18 +362,7 @@ def prepare(peers: torch_peers.TorchPeers, job: workloads.Job
     kept['output'] = jax.tree.map(np.asarray, output)
 
   def compare(repeats: int) -> dict[str, Any]:
-    calls = [0]
-
-    def count(*_):
-      calls[0] += 1
-
-    hook = peers.module.register_forward_pre_hook(count)
-    try:
-      start = time.perf_counter()
-      pipeline(x)
-      warmup = time.perf_counter() - start
-    finally:
-      hook.remove()
+    calls, warmup = torch_peers.warm_up(peers.module, lambda: pipeline(x))
     times, stage_times, output = [], {k: [] for k in pipeline.stages}, None
     for _ in range(repeats):
       output, seconds = pipeline(x)
@@ -389,7 +378,7 @@ def prepare(peers: torch_peers.TorchPeers, job: workloads.Job
     return {'torch_tool': (f'torchattacks {versions["torchattacks"]} FGSM + captum '
                            f'{versions["captum"]} + scipy/skimage per pair (torch '
                            f'{versions["torch"]})'),
-            'torch_settings': pipeline.settings(), 'torch_model_calls_per_call': calls[0],
+            'torch_settings': pipeline.settings(), 'torch_model_calls_per_call': calls,
             'torch_median_s': median, 'torch_times_s': times, 'torch_warmup_s': warmup,
             'torch_items_per_s': x.shape[0] / median,
             'torch_stage_s': {k: statistics.median(v) for k, v in stage_times.items()},

@@ -349,18 +349,7 @@ def prepare(name: str, peers: torch_peers.TorchPeers, job: workloads.Job
   x, y = _tensors(torch, p)
 
   def compare(repeats: int) -> dict[str, Any]:
-    calls = [0]
-
-    def count(*_):
-      calls[0] += 1
-
-    hook = step.counted.register_forward_pre_hook(count)
-    try:
-      start = time.perf_counter()
-      step(x, y)
-      warmup = time.perf_counter() - start
-    finally:
-      hook.remove()
+    calls, warmup = torch_peers.warm_up(step.counted, lambda: step(x, y))
     times, parts = [], {k: [] for k in PARTS}
     for _ in range(repeats):
       _, seconds = step(x, y)
@@ -369,7 +358,7 @@ def prepare(name: str, peers: torch_peers.TorchPeers, job: workloads.Job
         parts[k].append(v)
     median = statistics.median(times)
     return {'torch_tool': f'{_TOOLS[name]} (torch {peers.versions["torch"]})',
-            'torch_settings': {}, 'torch_model_calls_per_call': calls[0],
+            'torch_settings': {}, 'torch_model_calls_per_call': calls,
             'torch_median_s': median, 'torch_times_s': times, 'torch_warmup_s': warmup,
             'torch_items_per_s': x.shape[0] / median,
             'torch_part_s': {k: statistics.median(v) for k, v in parts.items()},
